@@ -1,0 +1,46 @@
+"""Output helpers for the CLI: rich tables for people, JSON for machines, one-line errors on stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def console() -> Console:
+    """A console for stdout; wide enough not to wrap tables when stdout is a pipe."""
+    return Console(width=None if sys.stdout.isatty() else 160, highlight=False)
+
+
+def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
+    """A simple table; numbers right-aligned."""
+    result = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    first = rows[0] if rows else [""] * len(columns)
+    for name, sample in zip(columns, first, strict=False):
+        numeric = isinstance(sample, int | float) and not isinstance(sample, bool)
+        result.add_column(name, justify="right" if numeric else "left")
+    for row in rows:
+        result.add_row(*(fmt(v) for v in row))
+    return result
+
+
+def fmt(value: Any) -> str:
+    """A table cell."""
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
+    return "" if value is None else str(value)
+
+
+def print_json(data: Any) -> None:
+    """Pretty JSON on stdout."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def error(message: str) -> None:
+    """`edge-agent: error: ...` on stderr, one line per line of the message."""
+    for line in str(message).splitlines() or [""]:
+        sys.stderr.write(f"edge-agent: error: {line}\n")

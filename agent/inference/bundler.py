@@ -1,0 +1,328 @@
+"""Drafting a bundle from a bare `.tflite`/`.onnx` file (`edge-agent model init`).
+
+The input contract is drafted from the model's own tensors (layout, size, channels; for integer inputs the value range
+the quantization implies); what the model cannot tell (colour order, mean/std of a float model) comes from the caller
+with defaults and is listed in the report for review. Golden vectors and the drift reference are computed from
+sample inputs by the agent's own pre-processing and runtime. The bundle is written to a temporary folder and renamed
+into place, so an interrupted init leaves nothing half-made.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from agent.errors import InputError, ManifestError
+from agent.fsutil import fsync_dir, write_atomic
+from agent.inference.bundle import Bundle, file_entry
+from agent.inference.golden import expected_outputs
+from agent.inference.inputs import load_inputs
+from agent.inference.manifest import (
+    MANIFEST_NAME,
+    ImageInput,
+    InputContract,
+    Manifest,
+    Task,
+    TensorInput,
+    WindowInput,
+)
+from agent.inference.model import Model
+from agent.inference.options import RuntimeOptions
+from agent.inference.reference import compute_reference
+from agent.inference.runtimes import TensorSpec, open_backend, runtime_for
+from agent.types import int_range
+
+
+@dataclass
+class InputHints:
+    """What the caller says about the input where the model cannot tell."""
+
+    color: str = "RGB"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    resize: str = "stretch"
+    channels: tuple[str, ...] | None = None
+
+
+@dataclass
+class InitReport:
+    """The written bundle and what a person should review."""
+
+    path: Path
+    manifest: Manifest
+    review: list[str] = field(default_factory=list)
+
+
+def _range_from_quantization(spec: TensorSpec) -> tuple[float, float] | None:
+    quant = spec.quantization
+    if spec.dtype.kind not in "iu" or quant is None:
+        return None
+    low, high = int_range(spec.dtype)
+    return (low - quant.zero_point) * quant.scale, (high - quant.zero_point) * quant.scale
+
+
+def draft_input(
+    spec: TensorSpec, hints: InputHints, samples: Sequence[np.ndarray], review: list[str]
+) -> InputContract:
+    """An input contract drafted from the model's input tensor, the hints and the samples."""
+    shape = spec.shape if len(spec.shape) != 3 or spec.shape[0] == 1 else (1, *spec.shape)
+    if len(shape) == 4 and (shape[3] in (1, 3) or shape[1] in (1, 3)):
+        nchw = shape[1] in (1, 3) and shape[3] not in (1, 3)
+        height, width = (shape[2], shape[3]) if nchw else (shape[1], shape[2])
+        channels = shape[1] if nchw else shape[3]
+        if height <= 0 or width <= 0:
+            raise ManifestError(
+                f"input '{spec.name}' has a dynamic size {list(spec.shape)}; give a fixed-size model"
+            )
+        color = "GRAY" if channels == 1 else hints.color
+        mean, std = hints.mean, hints.std
+        implied = _range_from_quantization(spec)
+        if mean is None or std is None:
+            if implied is not None:
+                low, high = implied
+                mean, std = (-low * 255.0 / (high - low),), (255.0 / (high - low),)
+                review.append(
+                    f"mean/std {mean[0]:.4g}/{std[0]:.4g} inferred from the input quantization range "
+                    f"[{low:.4g}, {high:.4g}] (pixels 0..255 mapped onto it)"
+                )
+            else:
+                mean, std = (0.0,), (255.0,)
+                review.append(
+                    "mean/std default to 0/255 (pixels scaled to 0..1): pass --mean/--std if the model was "
+                    "trained otherwise"
+                )
+        if channels == 3 and hints.color == "RGB":
+            review.append("colour order defaults to RGB: pass --color BGR if the model was trained on BGR")
+        return ImageInput(
+            layout="NCHW" if nchw else "NHWC",
+            color=color,
+            width=width,
+            height=height,
+            resize=hints.resize,
+            mean=mean,
+            std=std,
+        )
+    if len(shape) == 3 and shape[1] > 0 and shape[2] > 0:
+        names = hints.channels
+        nct = names is not None and len(names) == shape[1] and len(names) != shape[2]
+        length, count = (shape[2], shape[1]) if nct else (shape[1], shape[2])
+        names = names or tuple(f"ch{i}" for i in range(count))
+        if len(names) != count:
+            raise ManifestError(f"{len(names)} channel names given, the model input has {count} channels")
+        mean, std = hints.mean, hints.std
+        if (mean is None or std is None) and samples:
+            stacked = np.concatenate([np.asarray(s, np.float64).reshape(-1, count) for s in samples])
+            mean = tuple(float(v) for v in stacked.mean(axis=0))
+            std = tuple(float(max(v, 1e-6)) for v in stacked.std(axis=0))
+            review.append("per-channel mean/std computed from the samples")
+        review.append(
+            f"window layout drafted as {'NCT' if nct else 'NTC'} ({length} samples x {count} channels)"
+        )
+        return WindowInput(
+            layout="NCT" if nct else "NTC",
+            length=length,
+            channels=names,
+            mean=mean or (0.0,),
+            std=std or (1.0,),
+        )
+    review.append("input fed as a raw tensor (not an image or a [1, time, channel] window)")
+    return TensorInput()
+
+
+def draft_output(
+    task: Task, given: dict[str, Any] | None, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
+) -> dict[str, Any]:
+    """Output decoding parameters: defaults for the task and the model's outputs, overridden by the caller's."""
+    drafted: dict[str, Any] = {}
+    if task == "detection":
+        drafted = {"format": "ssd" if len(outputs) == 4 else "yolo"}
+    elif task == "anomaly":
+        same_shape = outputs[0].shape == inputs[0].shape
+        drafted = {"mode": "reconstruction" if same_shape else "score", "threshold": 0.0}
+    return {**drafted, **(given or {})}
+
+
+def _save_input(folder: Path, stem: str, contract: InputContract, data: np.ndarray) -> str:
+    if isinstance(contract, ImageInput):
+        ok, encoded = cv2.imencode(".png", data)
+        if not ok:
+            raise InputError("cannot encode a golden image as PNG")
+        (folder / f"{stem}.png").write_bytes(encoded.tobytes())
+        return f"{stem}.png"
+    np.save(folder / f"{stem}.npy", np.asarray(data))
+    return f"{stem}.npy"
+
+
+def _pick_golden(results: Sequence[Any], count: int) -> list[int]:
+    """Sample indices for golden cases: confident and of distinct top labels first."""
+    order = list(range(len(results)))
+    if results and results[0].task == "classification":
+        order.sort(key=lambda i: -(results[i].labels[0].score if results[i].labels else 0.0))
+        seen: set[str] = set()
+        first = []
+        for i in order:
+            top = results[i].labels[0].label if results[i].labels else ""
+            if top not in seen:
+                seen.add(top)
+                first.append(i)
+        order = first + [i for i in order if i not in first]
+    return order[:count]
+
+
+def _default_tolerance(expected: Sequence[Sequence[np.ndarray]], outputs: Sequence[TensorSpec]) -> float:
+    steps = [s.quantization.scale for s in outputs if s.quantization is not None and s.dtype.kind in "iu"]
+    spread = max((float(np.ptp(a)) for case in expected for a in case if a.size), default=1.0)
+    return max(4 * max(steps, default=0.0), 0.02 * spread, 1e-4)
+
+
+def _manifest(base: dict[str, Any], folder: Path) -> Manifest:
+    files = {
+        p.relative_to(folder).as_posix(): file_entry(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST_NAME
+    }
+    return Manifest.model_validate({**base, "files": files})
+
+
+def init_bundle(
+    model_file: Path,
+    out: Path,
+    *,
+    name: str,
+    version: int,
+    task: Task,
+    samples: Sequence[np.ndarray],
+    labels: Sequence[str] | None = None,
+    hints: InputHints | None = None,
+    input_contract: InputContract | None = None,
+    output: dict[str, Any] | None = None,
+    golden_count: int = 4,
+    tolerance: float | None = None,
+    description: str = "",
+    latency_budgets: Sequence[dict[str, Any]] = (),
+    options: RuntimeOptions | None = None,
+) -> InitReport:
+    """Writes a complete, verified bundle folder at `out` from a model file and sample inputs."""
+    if out.exists() and any(out.iterdir()):
+        raise ManifestError(f"{out} exists and is not empty; choose a new folder")
+    if not samples:
+        raise InputError(
+            "at least one sample input is needed to compute golden vectors and the drift reference"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    work.chmod(0o755)
+    try:
+        report = _build(
+            model_file,
+            work,
+            name=name,
+            version=version,
+            task=task,
+            samples=samples,
+            labels=labels,
+            hints=hints or InputHints(),
+            input_contract=input_contract,
+            output=output,
+            golden_count=golden_count,
+            tolerance=tolerance,
+            description=description,
+            latency_budgets=latency_budgets,
+            options=options,
+        )
+        if out.exists():
+            out.rmdir()
+        work.replace(out)
+        fsync_dir(out.parent)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    report.path = out
+    return report
+
+
+def _build(
+    model_file: Path,
+    work: Path,
+    *,
+    name: str,
+    version: int,
+    task: Task,
+    samples: Sequence[np.ndarray],
+    labels: Sequence[str] | None,
+    hints: InputHints,
+    input_contract: InputContract | None,
+    output: dict[str, Any] | None,
+    golden_count: int,
+    tolerance: float | None,
+    description: str,
+    latency_budgets: Sequence[dict[str, Any]],
+    options: RuntimeOptions | None,
+) -> InitReport:
+    model_name = f"model{model_file.suffix.lower()}"
+    runtime_for(model_file)
+    shutil.copyfile(model_file, work / model_name)
+    backend = open_backend(work / model_name, options)
+    review: list[str] = []
+    if len(backend.inputs) != 1:
+        raise ManifestError(
+            f"the model has {len(backend.inputs)} inputs; edge-agent feeds models with one input"
+        )
+    contract = input_contract or draft_input(backend.inputs[0], hints, samples, review)
+    base: dict[str, Any] = {
+        "schema": 1,
+        "name": name,
+        "version": version,
+        "description": description,
+        "task": task,
+        "model": model_name,
+        "input": contract.model_dump(),
+        "latency_budgets": list(latency_budgets),
+        "output": draft_output(task, output, backend.inputs, backend.outputs),
+    }
+    if labels:
+        (work / "labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
+        base["labels"] = "labels.txt"
+    model = Model(Bundle(work, _manifest(base, work), tuple(labels or ())), backend=backend)
+    results = [model.infer(sample) for sample in samples]
+    if task == "anomaly" and "threshold" not in (output or {}):
+        scores = np.array([r.score for r in results])
+        threshold = float(np.quantile(scores, 0.995) * 1.25) if scores.size else 0.0
+        base["output"] = {**base["output"], "threshold": threshold}
+        review.append(f"anomaly threshold {threshold:.4g}: 1.25 x the 99.5th percentile of the sample scores")
+        model = Model(Bundle(work, _manifest(base, work), tuple(labels or ())), backend=backend)
+        results = [model.infer(sample) for sample in samples]
+    golden_dir = work / "golden"
+    golden_dir.mkdir()
+    cases, expected_all = [], []
+    for number, index in enumerate(_pick_golden(results, golden_count)):
+        stored = _save_input(golden_dir, f"case{number}", contract, samples[index])
+        reloaded = load_inputs(golden_dir / stored, contract)[0][1]
+        expected = expected_outputs(model, reloaded)
+        arrays: dict[str, Any] = {f"output_{i}": a for i, a in enumerate(expected)}
+        np.savez(golden_dir / f"case{number}.expected.npz", **arrays)
+        expected_all.append(expected)
+        cases.append(
+            {
+                "input": f"golden/{stored}",
+                "expected": f"golden/case{number}.expected.npz",
+                "note": results[index].summary(),
+            }
+        )
+    tol = tolerance if tolerance is not None else _default_tolerance(expected_all, backend.outputs)
+    base["golden"] = {"tolerance": tol, "cases": cases}
+    reference = compute_reference(contract, task, samples, results)
+    (work / "reference.json").write_text(reference.model_dump_json(by_alias=True, indent=1), encoding="utf-8")
+    base["reference"] = "reference.json"
+    manifest = _manifest(base, work)
+    backend.close()
+    write_atomic(work / MANIFEST_NAME, (json.dumps(manifest.to_json_dict(), indent=2) + "\n").encode())
+    return InitReport(work, manifest, review)

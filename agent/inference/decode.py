@@ -1,0 +1,357 @@
+"""Output decoding: dequantized model outputs become results (labels, boxes, anomaly scores, named tensors).
+
+Decoders are pure: arrays in, result objects out. Each checks at construction that the model's outputs fit the
+manifest (count, shape, label count) so that a mismatch is refused when the model loads, not on the first frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from agent.errors import ContractError, InputError
+from agent.inference.manifest import (
+    AnomalyOutput,
+    ClassificationOutput,
+    DetectionOutput,
+    ImageInput,
+    Manifest,
+    RawOutput,
+)
+from agent.inference.preprocess import FrameMap
+from agent.inference.runtimes.base import TensorSpec
+from agent.types import Array, FloatArray
+
+Arrays = Sequence[Array]
+
+
+@dataclass(frozen=True)
+class Label:
+    """One class with its score."""
+
+    index: int
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected object: box in source-frame pixels (x1, y1, x2, y2) and normalised to the model input."""
+
+    index: int
+    label: str
+    score: float
+    box: tuple[float, float, float, float]
+    box_norm: tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class TensorSummary:
+    """A model output reported as is."""
+
+    name: str
+    shape: tuple[int, ...]
+    min: float
+    max: float
+    mean: float
+    values: tuple[float, ...] | None = None  # only for small tensors
+
+
+@dataclass(frozen=True)
+class Result:
+    """A decoded inference result; exactly the field of its task is filled."""
+
+    task: str
+    labels: tuple[Label, ...] = ()
+    detections: tuple[Detection, ...] = ()
+    score: float | None = None
+    threshold: float | None = None
+    anomaly: bool | None = None
+    tensors: tuple[TensorSummary, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as JSON-ready data, with only the fields of its task."""
+        data = asdict(self)
+        keep = {
+            "classification": ("labels",),
+            "detection": ("detections",),
+            "anomaly": ("score", "threshold", "anomaly"),
+            "raw": ("tensors",),
+        }[self.task]
+        return {"task": self.task, **{k: data[k] for k in keep}}
+
+    def summary(self) -> str:
+        """One short line: the top label, the detections, or the score."""
+        if self.task == "classification":
+            return (
+                ", ".join(f"{lab.label} {lab.score:.3f}" for lab in self.labels)
+                or "(no label above min_score)"
+            )
+        if self.task == "detection":
+            return f"{len(self.detections)} objects: " + ", ".join(
+                f"{d.label} {d.score:.2f}" for d in self.detections[:5]
+            )
+        if self.task == "anomaly":
+            return f"score {self.score:.4g} (threshold {self.threshold:.4g}): {'ANOMALY' if self.anomaly else 'normal'}"
+        return "; ".join(f"{t.name}{list(t.shape)} mean {t.mean:.4g}" for t in self.tensors)
+
+
+@dataclass
+class DecodeContext:
+    """What a decoder may need beyond the outputs: where boxes map to, and the normalised input."""
+
+    frame_map: FrameMap | None = None
+    normalized_input: FloatArray | None = None
+
+
+class Decoder(Protocol):
+    """Turns dequantized outputs into a Result."""
+
+    def __call__(self, outputs: Arrays, context: DecodeContext) -> Result:
+        """Decodes one inference."""
+        ...
+
+
+def _label(labels: Sequence[str], index: int) -> str:
+    return labels[index] if 0 <= index < len(labels) else str(index)
+
+
+def _output(specs: Sequence[TensorSpec], index: int) -> TensorSpec:
+    if index >= len(specs):
+        raise ContractError(f"the manifest reads output {index}, but the model has {len(specs)} output(s)")
+    return specs[index]
+
+
+def _activate(scores: np.ndarray, activation: str) -> np.ndarray:
+    if activation == "softmax":
+        shifted = np.exp(scores - scores.max())
+        return shifted / shifted.sum()  # type: ignore[no-any-return]
+    if activation == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-scores))  # type: ignore[no-any-return]
+    return scores
+
+
+class ClassificationDecoder:
+    """Top-k labels of one score vector."""
+
+    def __init__(
+        self, config: ClassificationOutput, outputs: Sequence[TensorSpec], labels: Sequence[str]
+    ) -> None:
+        spec = _output(outputs, config.output_index)
+        size = int(np.prod([d for d in spec.shape if d > 0]))
+        if labels and size != len(labels):
+            raise ContractError(
+                f"output '{spec.name}' has {size} class scores but the labels file has {len(labels)}"
+            )
+        self.config, self.labels = config, list(labels)
+
+    def __call__(self, outputs: Arrays, context: DecodeContext) -> Result:
+        """Top-k labels above min_score, best first."""
+        scores = _activate(outputs[self.config.output_index].reshape(-1), self.config.activation)
+        k = min(self.config.top_k, scores.size)
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        labels = tuple(
+            Label(int(i), _label(self.labels, int(i)), float(scores[i]))
+            for i in top
+            if scores[i] >= self.config.min_score
+        )
+        return Result("classification", labels=labels)
+
+
+def _nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, config: DetectionOutput) -> np.ndarray:
+    """Indices kept by class-aware non-maximum suppression (OpenCV), best first."""
+    if boxes.shape[0] == 0:
+        return np.empty(0, dtype=np.int64)
+    xywh = np.column_stack([boxes[:, 0], boxes[:, 1], boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]])
+    keep = cv2.dnn.NMSBoxesBatched(
+        xywh.tolist(),
+        scores.astype(float).tolist(),
+        classes.astype(int).tolist(),
+        config.score_threshold,
+        config.iou_threshold,
+    )
+    kept = np.asarray(keep, dtype=np.int64).reshape(-1)
+    return kept[np.argsort(-scores[kept], kind="stable")][: config.max_detections]
+
+
+class YoloDecoder:
+    """`N x (4 [+1] + classes)` rows (or the transpose): threshold, NMS, map boxes to the frame."""
+
+    def __init__(
+        self, config: DetectionOutput, outputs: Sequence[TensorSpec], labels: Sequence[str], image: ImageInput
+    ) -> None:
+        if len(outputs) != 1:
+            raise ContractError(f"a yolo-format detector has one output, this model has {len(outputs)}")
+        dims = [d for d in outputs[0].shape if d != 1]
+        if len(dims) != 2:
+            raise ContractError(
+                f"a yolo-format output is N x (4+classes), got shape {list(outputs[0].shape)}"
+            )
+        extra = 5 if config.objectness else 4
+        transposed = config.transposed
+        if transposed is None and labels:
+            transposed = dims[0] == extra + len(labels) and dims[1] != extra + len(labels)
+        elif transposed is None:
+            transposed = dims[0] < dims[1]
+        width = dims[0] if transposed else dims[1]
+        if width <= extra or (labels and width - extra != len(labels)):
+            raise ContractError(
+                f"the yolo output has rows of {width} values; expected {extra} + {len(labels) or 'classes'}"
+            )
+        self.config, self.labels, self.transposed, self.extra = config, list(labels), transposed, extra
+        self.input_size = np.array([image.width, image.height, image.width, image.height], dtype=np.float32)
+
+    def __call__(self, outputs: Arrays, context: DecodeContext) -> Result:
+        """Detections above the score threshold after NMS, best first."""
+        config = self.config
+        rows: Array = outputs[0].reshape(outputs[0].shape[-2:])
+        if self.transposed:
+            rows = rows.T
+        scores_all = _activate(rows[:, self.extra :], config.activation)
+        if config.objectness:
+            scores_all = scores_all * _activate(rows[:, 4:5], config.activation)
+        classes = scores_all.argmax(axis=1)
+        scores = scores_all[np.arange(rows.shape[0]), classes]
+        chosen = scores >= config.score_threshold
+        boxes, scores, classes = rows[chosen, :4].astype(np.float32), scores[chosen], classes[chosen]
+        if config.box_format == "cxcywh":
+            half = boxes[:, 2:4] / 2
+            boxes = np.concatenate([boxes[:, :2] - half, boxes[:, :2] + half], axis=1)
+        if not config.normalized:
+            boxes = boxes / self.input_size
+        keep = _nms(boxes, scores, classes, config)
+        return Result(
+            "detection",
+            detections=_detections(boxes[keep], scores[keep], classes[keep], self.labels, context),
+        )
+
+
+class SsdDecoder:
+    """The TFLite SSD post-processing layout: boxes [1,K,4] (ymin, xmin, ymax, xmax), classes, scores, count."""
+
+    def __init__(self, config: DetectionOutput, outputs: Sequence[TensorSpec], labels: Sequence[str]) -> None:
+        if len(outputs) != 4:
+            raise ContractError(
+                f"an ssd-format detector has 4 outputs (boxes, classes, scores, count), got {len(outputs)}"
+            )
+        self.order = self._resolve(outputs)
+        self.config, self.labels = config, list(labels)
+
+    @staticmethod
+    def _resolve(outputs: Sequence[TensorSpec]) -> dict[str, int]:
+        names = [spec.name.lower() for spec in outputs]
+        order: dict[str, int] = {}
+        for role, stem in (("boxes", "box"), ("classes", "class"), ("scores", "score"), ("count", "num")):
+            hits = [i for i, name in enumerate(names) if stem in name or role in name]
+            if len(hits) == 1:
+                order[role] = hits[0]
+        if len(set(order.values())) != 4 or len(order) != 4:
+            order = {
+                "boxes": 0,
+                "classes": 1,
+                "scores": 2,
+                "count": 3,
+            }  # the TFLite post-processing op's order
+        box_shape = outputs[order["boxes"]].shape
+        if len(box_shape) < 2 or box_shape[-1] != 4:
+            raise ContractError(f"ssd boxes output must be [1, K, 4], got {list(box_shape)}")
+        return order
+
+    def __call__(self, outputs: Arrays, context: DecodeContext) -> Result:
+        """The model's own detections above the score threshold."""
+        order, config = self.order, self.config
+        boxes = outputs[order["boxes"]].reshape(-1, 4)
+        classes = outputs[order["classes"]].reshape(-1)
+        scores = outputs[order["scores"]].reshape(-1)
+        count = min(round(float(outputs[order["count"]].reshape(-1)[0])), boxes.shape[0], scores.shape[0])
+        boxes, classes, scores = boxes[:count], classes[:count], scores[:count]
+        chosen = np.flatnonzero(scores >= config.score_threshold)
+        chosen = chosen[np.argsort(-scores[chosen], kind="stable")][: config.max_detections]
+        xyxy = boxes[chosen][:, [1, 0, 3, 2]]
+        class_ids = np.rint(classes[chosen]).astype(np.int64) + config.class_offset
+        return Result(
+            "detection", detections=_detections(xyxy, scores[chosen], class_ids, self.labels, context)
+        )
+
+
+def _detections(
+    boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, labels: Sequence[str], context: DecodeContext
+) -> tuple[Detection, ...]:
+    found = []
+    for box, score, cls in zip(boxes.tolist(), scores.tolist(), classes.tolist(), strict=True):
+        norm = (box[0], box[1], box[2], box[3])
+        frame_box = context.frame_map.to_frame(norm) if context.frame_map else norm
+        found.append(Detection(int(cls), _label(labels, int(cls)), float(score), frame_box, norm))
+    return tuple(found)
+
+
+class AnomalyDecoder:
+    """An anomaly score from the model's score output, or an autoencoder's reconstruction error."""
+
+    def __init__(self, config: AnomalyOutput, outputs: Sequence[TensorSpec], input_spec: TensorSpec) -> None:
+        spec = _output(outputs, config.output_index)
+        if config.mode == "reconstruction":
+            known_out = [d for d in spec.shape if d > 0]
+            known_in = [d for d in input_spec.shape if d > 0]
+            if np.prod(known_out) != np.prod(known_in):
+                raise ContractError(
+                    f"reconstruction mode needs an output shaped like the input: output '{spec.name}' is "
+                    f"{list(spec.shape)}, input is {list(input_spec.shape)}"
+                )
+        self.config = config
+
+    def __call__(self, outputs: Arrays, context: DecodeContext) -> Result:
+        """The score, the threshold and whether the score is above it."""
+        config = self.config
+        out = outputs[config.output_index]
+        if config.mode == "score":
+            score = float(out.reshape(-1)[0])
+        else:
+            reference = context.normalized_input
+            if reference is None or reference.size != out.size:
+                raise InputError("reconstruction scoring needs the normalised input of the same size")
+            score = float(np.mean(np.square(out.reshape(reference.shape) - reference)))
+        return Result("anomaly", score=score, threshold=config.threshold, anomaly=score > config.threshold)
+
+
+class RawDecoder:
+    """Every output as a named tensor with its shape and summary (values too when there are at most 16)."""
+
+    def __init__(self, outputs: Sequence[TensorSpec]) -> None:
+        self.names = [spec.name for spec in outputs]
+
+    def __call__(self, outputs: Arrays, context: DecodeContext) -> Result:
+        """Summaries of all outputs."""
+        tensors = []
+        for name, array in zip(self.names, outputs, strict=True):
+            flat = array.reshape(-1).astype(np.float64)
+            values = tuple(flat.tolist()) if flat.size <= 16 else None
+            low, high, mean = (
+                (float(flat.min()), float(flat.max()), float(flat.mean())) if flat.size else (0, 0, 0)
+            )
+            tensors.append(TensorSummary(name, tuple(array.shape), low, high, mean, values))
+        return Result("raw", tensors=tuple(tensors))
+
+
+def make_decoder(
+    manifest: Manifest, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], labels: Sequence[str]
+) -> Decoder:
+    """The decoder for a manifest's task, checked against the model's outputs."""
+    config = manifest.output
+    if isinstance(config, ClassificationOutput):
+        return ClassificationDecoder(config, outputs, labels)
+    if isinstance(config, DetectionOutput):
+        if not isinstance(manifest.input, ImageInput):
+            raise ContractError("a detection model needs an image input")
+        if config.format == "yolo":
+            return YoloDecoder(config, outputs, labels, manifest.input)
+        return SsdDecoder(config, outputs, labels)
+    if isinstance(config, AnomalyOutput):
+        return AnomalyDecoder(config, outputs, inputs[0])
+    assert isinstance(config, RawOutput)
+    return RawDecoder(outputs)

@@ -1,0 +1,301 @@
+"""The model bundle manifest (`manifest.json`): what a model is, how to feed it and how to read its outputs.
+
+Invariants enforced here, without I/O:
+- every path in the manifest is relative, stays inside the bundle folder, and is listed in `files` with its sha256 and size;
+- the runtime follows from the model file's type (`.tflite` -> LiteRT, `.onnx` -> ONNX Runtime);
+- the output decoding matches the task;
+- quantization parameters are never part of the manifest: they are read from the model itself.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+Task = Literal["classification", "detection", "anomaly", "raw"]
+RuntimeName = Literal["litert", "onnxruntime"]
+RUNTIME_BY_SUFFIX: dict[str, RuntimeName] = {".tflite": "litert", ".onnx": "onnxruntime"}
+
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_relative(path: str) -> str:
+    parts = PurePosixPath(path).parts
+    if not path or path.startswith("/") or "\\" in path or ".." in parts or path != str(PurePosixPath(path)):
+        raise ValueError(f"'{path}' must be a plain relative path inside the bundle")
+    return path
+
+
+def _per_channel(values: tuple[float, ...], channels: int, what: str) -> tuple[float, ...]:
+    if len(values) == 1:
+        return values * channels
+    if len(values) != channels:
+        raise ValueError(f"{what} has {len(values)} values, expected 1 or {channels} (one per channel)")
+    return values
+
+
+class ImageInput(_Strict):
+    """An image input: frames are resized, colour-converted and normalised as `(pixel - mean) / std`."""
+
+    kind: Literal["image"] = "image"
+    layout: Literal["NHWC", "NCHW"] = Field("NHWC", description="Tensor layout of the model input.")
+    color: Literal["RGB", "BGR", "GRAY"] = Field("RGB", description="Channel order the model was trained on.")
+    width: int = Field(gt=0, le=8192, description="Model input width in pixels.")
+    height: int = Field(gt=0, le=8192, description="Model input height in pixels.")
+    resize: Literal["stretch", "letterbox", "center_crop"] = Field(
+        "stretch", description="How a frame of another aspect ratio is fitted to the input size."
+    )
+    interpolation: Literal["linear", "area", "nearest"] = Field("linear", description="Resize interpolation.")
+    mean: tuple[float, ...] = Field(
+        (0.0,), description="Per-channel mean in 0..255 pixel units, model channel order."
+    )
+    std: tuple[float, ...] = Field(
+        (1.0,), description="Per-channel std in 0..255 pixel units, model channel order."
+    )
+    pad_value: int = Field(114, ge=0, le=255, description="Letterbox padding pixel value.")
+
+    @property
+    def channels(self) -> int:
+        """Number of colour channels the model takes."""
+        return 1 if self.color == "GRAY" else 3
+
+    @model_validator(mode="after")
+    def _check_normalisation(self) -> ImageInput:
+        _per_channel(self.mean, self.channels, "mean")
+        std = _per_channel(self.std, self.channels, "std")
+        if any(s <= 0 for s in std):
+            raise ValueError("std values must be > 0")
+        return self
+
+
+class WindowInput(_Strict):
+    """A window of multichannel sensor samples, normalised per channel as `(x - mean) / std`."""
+
+    kind: Literal["window"] = "window"
+    layout: Literal["NTC", "NCT"] = Field(
+        "NTC", description="NTC: [1, time, channel]; NCT: [1, channel, time]."
+    )
+    length: int = Field(gt=0, le=1_000_000, description="Window length in samples.")
+    channels: tuple[str, ...] = Field(min_length=1, description="Channel names, in model order.")
+    mean: tuple[float, ...] = Field((0.0,), description="Per-channel mean in the sensor's units.")
+    std: tuple[float, ...] = Field((1.0,), description="Per-channel std in the sensor's units.")
+
+    @model_validator(mode="after")
+    def _check_channels(self) -> WindowInput:
+        if len(set(self.channels)) != len(self.channels):
+            raise ValueError("channel names must be unique")
+        _per_channel(self.mean, len(self.channels), "mean")
+        std = _per_channel(self.std, len(self.channels), "std")
+        if any(s <= 0 for s in std):
+            raise ValueError("std values must be > 0")
+        return self
+
+
+class TensorInput(_Strict):
+    """Any tensor, fed as given (cast to the model's dtype; quantized with the model's parameters if integer)."""
+
+    kind: Literal["tensor"] = "tensor"
+
+
+InputContract = Annotated[ImageInput | WindowInput | TensorInput, Field(discriminator="kind")]
+
+
+class ClassificationOutput(_Strict):
+    """Top-k labels from a vector of class scores."""
+
+    task: Literal["classification"] = Field("classification", exclude=True)
+    output_index: int = Field(0, ge=0, description="Which model output holds the class scores.")
+    activation: Literal["none", "softmax", "sigmoid"] = Field(
+        "none", description="Applied to the scores first."
+    )
+    top_k: int = Field(5, ge=1, le=1000)
+    min_score: float = Field(0.0, ge=0.0, description="Labels scoring below this are not reported.")
+
+
+class DetectionOutput(_Strict):
+    """Boxes from a YOLO-style `N x (4 [+1] + classes)` tensor (NMS applied here) or the 4-output SSD layout."""
+
+    task: Literal["detection"] = Field("detection", exclude=True)
+    format: Literal["yolo", "ssd"] = Field(
+        description="yolo: one N x (4+classes) tensor; ssd: boxes/classes/scores/count."
+    )
+    box_format: Literal["cxcywh", "xyxy"] = Field(
+        "cxcywh", description="yolo: how the 4 box values are laid out."
+    )
+    normalized: bool = Field(
+        True, description="yolo: box values are 0..1 of the input size (else input pixels)."
+    )
+    objectness: bool = Field(
+        False, description="yolo: a 5th column holds objectness, multiplied into class scores."
+    )
+    transposed: bool | None = Field(None, description="yolo: the tensor is (4+classes) x N; None detects it.")
+    activation: Literal["none", "sigmoid"] = Field("none", description="yolo: applied to the score columns.")
+    class_offset: int = Field(0, description="ssd: added to class indices before the label lookup.")
+    score_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    iou_threshold: float = Field(0.45, gt=0.0, le=1.0, description="yolo: NMS overlap threshold.")
+    max_detections: int = Field(100, ge=1, le=10_000)
+
+
+class AnomalyOutput(_Strict):
+    """An anomaly score: the model's own score output, or the reconstruction error of an autoencoder."""
+
+    task: Literal["anomaly"] = Field("anomaly", exclude=True)
+    mode: Literal["score", "reconstruction"] = Field(
+        description="score: the output is the score; reconstruction: mean squared error of output vs normalised input."
+    )
+    output_index: int = Field(0, ge=0)
+    threshold: float = Field(description="A score above this is an anomaly.")
+
+
+class RawOutput(_Strict):
+    """No decoding: every output is reported as a named tensor with its shape and summary statistics."""
+
+    task: Literal["raw"] = Field("raw", exclude=True)
+
+
+OutputContract = Annotated[
+    ClassificationOutput | DetectionOutput | AnomalyOutput | RawOutput, Field(discriminator="task")
+]
+
+
+class LatencyBudget(_Strict):
+    """The latency a model must meet on one class of device."""
+
+    device_class: str = Field(min_length=1, description="For example `rpi5`, `jetson-orin-nano`, `x86_64`.")
+    p99_ms: float = Field(gt=0, description="Invoke latency p99 budget in milliseconds.")
+
+
+class GoldenCase(_Strict):
+    """One golden test vector: a source input and the dequantized outputs it must produce."""
+
+    input: str = Field(description="Image (.png/.jpg), window (.npy/.csv) or tensor (.npy) file.")
+    expected: str = Field(description="`.npz` with `output_0`, `output_1`, ...: dequantized float32 outputs.")
+    note: str = Field("", description="What the case shows, for example the expected top-1 label.")
+
+    @field_validator("input", "expected")
+    @classmethod
+    def _check_paths(cls, value: str) -> str:
+        return _check_relative(value)
+
+
+class Golden(_Strict):
+    """The golden self-test run before a model is activated."""
+
+    tolerance: float = Field(
+        gt=0, description="Largest absolute deviation allowed on any dequantized output value."
+    )
+    cases: tuple[GoldenCase, ...] = Field(min_length=1)
+
+
+class FileEntry(_Strict):
+    """The integrity record of one bundle file."""
+
+    sha256: str
+    size: int = Field(ge=0)
+
+    @field_validator("sha256")
+    @classmethod
+    def _check_sha(cls, value: str) -> str:
+        if not _SHA256_RE.match(value):
+            raise ValueError("must be 64 lower-case hex digits")
+        return value
+
+
+class Manifest(_Strict):
+    """The whole manifest of a model bundle."""
+
+    schema_: Literal[1] = Field(1, alias="schema", description="Manifest schema version.")
+    name: str = Field(description="Model name: lower-case letters, digits, '.', '_' and '-'.")
+    version: int = Field(ge=1, description="Release version; increases with every release of this name.")
+    description: str = ""
+    task: Task
+    model: str = Field(description="The model file: `.tflite` (LiteRT) or `.onnx` (ONNX Runtime).")
+    labels: str | None = Field(None, description="Optional labels file, one label per line.")
+    reference: str | None = Field(None, description="Optional drift reference statistics (reference.json).")
+    input: InputContract
+    output: OutputContract
+    latency_budgets: tuple[LatencyBudget, ...] = ()
+    golden: Golden | None = None
+    files: dict[str, FileEntry] = Field(
+        description="sha256 and size of every file in the bundle but the manifest."
+    )
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tag_output_with_task(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("output"), dict) and "task" in data:
+            data = {**data, "output": {**data["output"], "task": data["task"]}}
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not _NAME_RE.match(value):
+            raise ValueError(
+                "must be 1-64 characters of a-z, 0-9, '.', '_' or '-', starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, value: str) -> str:
+        _check_relative(value)
+        suffix = PurePosixPath(value).suffix.lower()
+        if suffix not in RUNTIME_BY_SUFFIX:
+            known = ", ".join(sorted(RUNTIME_BY_SUFFIX))
+            raise ValueError(f"unknown runtime for model file '{value}': expected a file ending in {known}")
+        return value
+
+    @field_validator("labels", "reference")
+    @classmethod
+    def _check_optional_path(cls, value: str | None) -> str | None:
+        return None if value is None else _check_relative(value)
+
+    @field_validator("files")
+    @classmethod
+    def _check_files(cls, value: dict[str, FileEntry]) -> dict[str, FileEntry]:
+        for path in value:
+            _check_relative(path)
+            if path == MANIFEST_NAME:
+                raise ValueError("the manifest cannot list itself")
+        return value
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Manifest:
+        for path in self.referenced_files():
+            if path not in self.files:
+                raise ValueError(f"'{path}' is used by the manifest but not listed in `files`")
+        if self.task == "detection" and self.input.kind != "image":
+            raise ValueError("a detection model needs an image input")
+        return self
+
+    @property
+    def runtime(self) -> RuntimeName:
+        """The runtime that runs this model, from the model file's type."""
+        return RUNTIME_BY_SUFFIX[PurePosixPath(self.model).suffix.lower()]
+
+    def referenced_files(self) -> list[str]:
+        """Every file the manifest points at (model, labels, reference, golden vectors)."""
+        paths = [self.model]
+        paths += [p for p in (self.labels, self.reference) if p is not None]
+        if self.golden is not None:
+            for case in self.golden.cases:
+                paths += [case.input, case.expected]
+        return paths
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The manifest as written to manifest.json."""
+        return self.model_dump(mode="json", by_alias=True, exclude_defaults=False)
