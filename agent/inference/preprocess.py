@@ -98,10 +98,17 @@ class ImagePreprocessor:
             self._work = np.empty((h, w, c), dtype=np.float32)
         else:
             table = quantize_lut(mean, std, spec)
-            # cv2.LUT applies a 1-channel table to every channel, a 3-channel table channel by channel.
-            self._lut = (
-                table[0].reshape(1, 256) if c == 1 else np.ascontiguousarray(table.T).reshape(1, 256, 3)
-            )
+            # Cheapest exact form of the table: none, a sign-bit flip, one table for all channels, or one each.
+            same = bool((table == table[0]).all())
+            identity = np.arange(256, dtype=np.uint8)
+            if same and np.array_equal(table[0], identity):
+                self._lut_mode = "identity"
+            elif same and np.array_equal(table[0], identity ^ 0x80):
+                self._lut_mode = "xor"
+            else:
+                self._lut_mode = "shared" if same else "per_channel"
+            # cv2.LUT applies a 1-channel table to every byte, a 3-channel table channel by channel.
+            self._lut = table[0].reshape(1, 256) if same else np.ascontiguousarray(table.T).reshape(1, 256, 3)
             self._lut_out = np.empty((h, w, c), dtype=np.uint8)
         self._geometry_key: tuple[int, int] | None = None
         self._scratch: np.ndarray | None = None
@@ -163,12 +170,25 @@ class ImagePreprocessor:
             np.add(work, self._offset, out=work)
             values = work
         else:
-            values = cv2.LUT(image, self._lut, dst=self._lut_out).reshape(self._lut_out.shape).view(out.dtype)
+            values = self._quantize(image).view(out.dtype)
         if self._nchw:
             np.copyto(out[0], values.transpose(2, 0, 1), casting="unsafe")
         else:
             np.copyto(out[0], values, casting="unsafe")
         return out
+
+    def _quantize(self, image: Array) -> Array:
+        mode, dst = self._lut_mode, self._lut_out
+        if mode == "identity":
+            return image
+        if mode == "xor":
+            np.bitwise_xor(image, 0x80, out=dst)
+        elif mode == "shared":  # one table: treat the image as a single-channel (h, w*c) plane
+            flat = dst.reshape(dst.shape[0], -1)
+            cv2.LUT(image.reshape(flat.shape), self._lut, dst=flat)
+        else:
+            cv2.LUT(image, self._lut, dst=dst)
+        return dst
 
     @staticmethod
     def _as_bgr(frame: Array) -> np.ndarray:

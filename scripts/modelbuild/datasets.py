@@ -146,8 +146,8 @@ def paste_digit(image: np.ndarray, digit8: np.ndarray, box_px: tuple[int, int, i
 
 
 def make_scene(rng: np.random.Generator, photos: list[np.ndarray], digits8: np.ndarray, labels: np.ndarray,
-               width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Compose one detection scene: 1-3 non-overlapping digits pasted on a photo crop.
+               width: int, height: int, max_digits: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Compose one detection scene: 1 to ``max_digits`` non-overlapping digits pasted on a photo crop.
 
     Digit sizes are relative to the image (about 16-32 px once stretched to 96x96), so scenes of any
     size look alike to the detector after the agent's resize. Returns (uint8 BGR image,
@@ -157,7 +157,7 @@ def make_scene(rng: np.random.Generator, photos: list[np.ndarray], digits8: np.n
     patches: list[tuple[int, int, int, int]] = []
     boxes: list[tuple[float, float, float, float]] = []
     classes: list[int] = []
-    for _ in range(rng.integers(1, 4)):
+    for _ in range(rng.integers(1, max_digits + 1)):
         for _attempt in range(20):
             rel_h = rng.uniform(17.0, 32.0) / 96.0
             rel_w = min(rel_h * rng.uniform(0.8, 1.25), 32.0 / 96.0)
@@ -176,9 +176,10 @@ def make_scene(rng: np.random.Generator, photos: list[np.ndarray], digits8: np.n
 
 
 def make_scenes(rng: np.random.Generator, photos: list[np.ndarray], digits8: np.ndarray, labels: np.ndarray,
-                count: int, width: int, height: int) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+                count: int, width: int, height: int,
+                max_digits: int = 3) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
     """Compose ``count`` scenes; returns (uint8 BGR ``[count, H, W, 3]``, per-scene boxes, per-scene classes)."""
-    scenes = [make_scene(rng, photos, digits8, labels, width, height) for _ in range(count)]
+    scenes = [make_scene(rng, photos, digits8, labels, width, height, max_digits) for _ in range(count)]
     return np.stack([s[0] for s in scenes]), [s[1] for s in scenes], [s[2] for s in scenes]
 
 

@@ -87,11 +87,14 @@ def build_detector(size: int = 96) -> tuple[keras.Model, keras.Model]:
     x = layers.MaxPooling2D(2)(x)
     x = _conv(64)(x)
     x = _conv(64)(x)
-    x = layers.Conv2D(4 + DET_CLASSES, 1, name="head")(x)
+    head = layers.Conv2D(4 + DET_CLASSES, 1, name="head")
+    x = head(x)
     logits_map = GridOffset(name="grid_offset")(x)
     rows = (DET_GRID * DET_GRID, 4 + DET_CLASSES)
     logits = layers.Reshape(rows, name="logits")(logits_map)
     probs = layers.Reshape(rows, name="rows")(layers.Activation("sigmoid", name="sigmoid")(logits_map))
+    prior = 0.01  # initial class score, so that the rare positives do not start drowned in negatives
+    head.bias.assign(np.r_[np.zeros(4), np.full(DET_CLASSES, np.log(prior / (1 - prior)))].astype(np.float32))
     return keras.Model(inputs, logits, name="digits_det_train"), keras.Model(inputs, probs, name="digits_det")
 
 
@@ -109,8 +112,12 @@ def detection_targets(boxes: list[np.ndarray], classes: list[np.ndarray]) -> np.
 
 
 def detection_loss(y_true: Any, logits: Any) -> Any:
-    """Focal loss on the class scores of all cells plus box cross-entropy on the positive cells,
-    both normalised by the number of objects in the batch."""
+    """Detector training loss, normalised by the number of objects in the batch.
+
+    Sums a focal loss on the class scores of all cells, a softmax cross-entropy over the class
+    logits of the positive cells (it speeds up learning which digit it is) and a cross-entropy on
+    the box outputs of the positive cells.
+    """
     cls_true, cls_logits = y_true[..., 4:], logits[..., 4:]
     positive = ops.max(cls_true, axis=-1)
     n_pos = ops.maximum(ops.sum(positive), 1.0)
@@ -119,9 +126,11 @@ def detection_loss(y_true: Any, logits: Any) -> Any:
     alpha_t = 0.5 * cls_true + 0.5 * (1.0 - cls_true)
     ce = ops.binary_crossentropy(cls_true, cls_logits, from_logits=True)
     cls_loss = ops.sum(alpha_t * ops.square(1.0 - p_t) * ce)
+    softmax_ce = ops.categorical_crossentropy(cls_true, cls_logits, from_logits=True)
+    identity_loss = ops.sum(softmax_ce * positive)
     box_ce = ops.binary_crossentropy(y_true[..., :4], logits[..., :4], from_logits=True)
     box_loss = ops.sum(box_ce * positive[..., None])
-    return (cls_loss + 5.0 * box_loss) / n_pos
+    return (cls_loss + identity_loss + 5.0 * box_loss) / n_pos
 
 
 def build_motion_classifier(length: int, channels: int, classes: int) -> keras.Model:
