@@ -134,7 +134,9 @@ def main() -> int:
     args = parser.parse_args()
     cv2.setNumThreads(1)
     bundles = sorted(p.parent for p in args.models.glob("*/manifest.json"))
-    print(f"invoke path vs bare runtime, {args.threads} thread(s), {args.rounds} interleaved rounds x {args.calls} calls")
+    print(
+        f"invoke path vs bare runtime, {args.threads} thread(s), {args.rounds} interleaved rounds x {args.calls} calls"
+    )
     print(f"{'model':<28} {'bare ms':>9} {'agent ms':>9} {'ratio':>7}")
     worst = 0.0
     for bundle in bundles:
@@ -147,8 +149,12 @@ def main() -> int:
     print(f"{'agent (LUT, reused buffers)':<28} {a50:>9.4f} {a99:>9.4f}")
     print(f"{'naive float path':<28} {n50:>9.4f} {n99:>9.4f}   agent/naive p50 ratio {a50 / n50:.2f}")
     ok_overhead, ok_pre = worst <= OVERHEAD_TARGET, a50 < PREPROCESS_TARGET_MS
-    print(f"\ntarget invoke overhead <= {OVERHEAD_TARGET:.2f}: worst {worst:.3f} -> {'met' if ok_overhead else 'MISSED'}")
-    print(f"target pre-process p50 < {PREPROCESS_TARGET_MS} ms: {a50:.3f} ms -> {'met' if ok_pre else 'MISSED'}")
+    print(
+        f"\ntarget invoke overhead <= {OVERHEAD_TARGET:.2f}: worst {worst:.3f} -> {'met' if ok_overhead else 'MISSED'}"
+    )
+    print(
+        f"target pre-process p50 < {PREPROCESS_TARGET_MS} ms: {a50:.3f} ms -> {'met' if ok_pre else 'MISSED'}"
+    )
     return 0 if ok_overhead and ok_pre else 1
 
 

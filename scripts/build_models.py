@@ -48,9 +48,17 @@ def build_bundle(spec: dict[str, Any], stage: Path, models: Path) -> dict[str, A
     with np.load(stage / spec["samples"], allow_pickle=False) as samples_file:
         samples = list(samples_file["x"])
     report = init_bundle(
-        stage / spec["model_file"], out, name=spec["name"], version=spec["version"], task=spec["task"],
-        samples=samples, labels=spec.get("labels"), input_contract=contract_of(spec), output=spec["output"],
-        golden_count=4, description=spec.get("description", ""),
+        stage / spec["model_file"],
+        out,
+        name=spec["name"],
+        version=spec["version"],
+        task=spec["task"],
+        samples=samples,
+        labels=spec.get("labels"),
+        input_contract=contract_of(spec),
+        output=spec["output"],
+        golden_count=4,
+        description=spec.get("description", ""),
         latency_budgets=[{"device_class": "rpi4", "p99_ms": BUDGETS_MS[spec["name"]]}],
     )
     floats = models / "float"
@@ -60,8 +68,10 @@ def build_bundle(spec: dict[str, Any], stage: Path, models: Path) -> dict[str, A
     with np.load(stage / spec["eval"], allow_pickle=True) as eval_file:
         kept = {key: eval_file[key][:EVAL_LIMIT] for key in eval_file.files}
     np.savez_compressed(floats / f"{spec['bundle']}.eval.npz", **kept)
-    print(f"built {out.relative_to(ROOT)}: {report.manifest.name} v{report.manifest.version}, "
-          f"{(out / report.manifest.model).stat().st_size / 1024:.0f} KiB")
+    print(
+        f"built {out.relative_to(ROOT)}: {report.manifest.name} v{report.manifest.version}, "
+        f"{(out / report.manifest.model).stat().st_size / 1024:.0f} KiB"
+    )
     return {"bundle": spec["bundle"], "metrics": spec.get("metrics", {})}
 
 
@@ -75,7 +85,7 @@ def main() -> int:
     if args.skip_training:
         specs = [json.loads(p.read_text()) for p in sorted(args.stage.glob("*.spec.json"))]
     else:
-        import modelbuild  # noqa: PLC0415 - needs TensorFlow; imported only when training
+        import modelbuild
 
         args.stage.mkdir(parents=True, exist_ok=True)
         specs = modelbuild.stage_all(args.stage)

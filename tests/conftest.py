@@ -38,7 +38,9 @@ def edit_manifest(bundle: Path, rehash: tuple[str, ...] = (), **changes: Any) ->
     path = bundle / "manifest.json"
     data = json.loads(path.read_text())
     for key, value in changes.items():
-        data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
+        data[key] = (
+            {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
+        )
     for name in rehash:
         data["files"][name] = file_entry(bundle / name).model_dump()
     path.write_text(json.dumps(data, indent=2))
@@ -46,8 +48,9 @@ def edit_manifest(bundle: Path, rehash: tuple[str, ...] = (), **changes: Any) ->
 
 def run_cli(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
     """Runs `python -m agent ARGS` as a subprocess, as a person would run `edge-agent`."""
-    result = subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=120,
-                            cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"edge-agent {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
     return result

@@ -11,15 +11,23 @@ from agent.inference import load_bundle
 
 
 def test_infer_prints_a_readable_table_for_several_images():
-    result = run_cli("infer", "--model", "models/digits-cls-tflite", str(SAMPLES / "digit_2.png"),
-                     str(SAMPLES / "digit_5.png"), check=True)
+    result = run_cli(
+        "infer",
+        "--model",
+        "models/digits-cls-tflite",
+        str(SAMPLES / "digit_2.png"),
+        str(SAMPLES / "digit_5.png"),
+        check=True,
+    )
     lines = [line for line in result.stdout.splitlines() if "digit_" in line]
     assert len(lines) == 2 and lines[0].split()[1] == "2" and lines[1].split()[1] == "5"
 
 
 def test_infer_json_gives_boxes_in_source_pixels():
     scene = json.loads((SAMPLES / "scenes.json").read_text())[0]
-    result = run_cli("infer", "--json", "--model", "models/digits-det-onnx", str(SAMPLES / scene["image"]), check=True)
+    result = run_cli(
+        "infer", "--json", "--model", "models/digits-det-onnx", str(SAMPLES / scene["image"]), check=True
+    )
     data = json.loads(result.stdout)
     detections = data["results"][0]["result"]["detections"]
     assert detections and {"label", "score", "box", "box_norm"} <= set(detections[0])
@@ -27,15 +35,34 @@ def test_infer_json_gives_boxes_in_source_pixels():
 
 
 def test_infer_slides_windows_over_a_csv_recording():
-    result = run_cli("infer", "--json", "--hop", "25", "--model", "models/motion-ae-onnx",
-                     str(SAMPLES / "motion_walking.csv"), check=True)
+    result = run_cli(
+        "infer",
+        "--json",
+        "--hop",
+        "25",
+        "--model",
+        "models/motion-ae-onnx",
+        str(SAMPLES / "motion_walking.csv"),
+        check=True,
+    )
     results = json.loads(result.stdout)["results"]
     assert len(results) >= 3 and all(r["result"]["task"] == "anomaly" for r in results)
 
 
 def test_bench_reports_percentiles_for_invoke_and_the_whole_path():
-    result = run_cli("bench", "--json", "--runs", "30", "--warmup", "5", "--threads", "1",
-                     "--model", "models/digits-cls-onnx", check=True)
+    result = run_cli(
+        "bench",
+        "--json",
+        "--runs",
+        "30",
+        "--warmup",
+        "5",
+        "--threads",
+        "1",
+        "--model",
+        "models/digits-cls-onnx",
+        check=True,
+    )
     data = json.loads(result.stdout)
     for stage in ("invoke", "preprocess", "decode", "full"):
         stats = data["stages"][stage]
@@ -46,7 +73,9 @@ def test_bench_reports_percentiles_for_invoke_and_the_whole_path():
 
 
 def test_bench_table_is_readable():
-    result = run_cli("bench", "--runs", "20", "--warmup", "2", "--model", "models/motion-cls-tflite", check=True)
+    result = run_cli(
+        "bench", "--runs", "20", "--warmup", "2", "--model", "models/motion-cls-tflite", check=True
+    )
     assert "pre-process + invoke + decode" in result.stdout and "RSS" in result.stdout
 
 
@@ -88,8 +117,22 @@ def test_init_turns_a_bare_tflite_file_into_a_verified_bundle(tmp_path):
     labels.write_text("\n".join(source.labels) + "\n")
     out = tmp_path / "bundle"
     samples = [str(p) for p in sorted(SAMPLES.glob("digit_*.png"))]
-    result = run_cli("model", "init", str(source.model_path), "--task", "classification", "--labels", str(labels),
-                     "--name", "my-digits", "--out", str(out), "--samples", *samples, check=True)
+    result = run_cli(
+        "model",
+        "init",
+        str(source.model_path),
+        "--task",
+        "classification",
+        "--labels",
+        str(labels),
+        "--name",
+        "my-digits",
+        "--out",
+        str(out),
+        "--samples",
+        *samples,
+        check=True,
+    )
     assert "review:" in result.stdout and "inferred from the input quantization" in result.stdout
     bundle = load_bundle(out)
     assert bundle.manifest.input.kind == "image" and bundle.manifest.input.layout == "NHWC"
@@ -102,8 +145,19 @@ def test_init_turns_a_bare_tflite_file_into_a_verified_bundle(tmp_path):
 def test_init_drafts_an_nchw_contract_for_an_onnx_model(tmp_path):
     source = load_bundle(MODELS / "digits-cls-onnx")
     out = tmp_path / "onnx-bundle"
-    run_cli("model", "init", str(source.model_path), "--task", "raw", "--out", str(out), "--samples",
-            str(SAMPLES / "digit_1.png"), str(SAMPLES / "digit_8.png"), check=True)
+    run_cli(
+        "model",
+        "init",
+        str(source.model_path),
+        "--task",
+        "raw",
+        "--out",
+        str(out),
+        "--samples",
+        str(SAMPLES / "digit_1.png"),
+        str(SAMPLES / "digit_8.png"),
+        check=True,
+    )
     bundle = load_bundle(out)
     assert bundle.manifest.input.layout == "NCHW" and bundle.manifest.task == "raw"
     assert "golden self-test: PASS" in run_cli("model", "verify", str(out), check=True).stdout
@@ -113,8 +167,20 @@ def test_init_drafts_a_window_contract_from_csv_samples(tmp_path):
     source = load_bundle(MODELS / "motion-ae-onnx")
     out = tmp_path / "ae"
     channels = ",".join(source.manifest.input.channels)
-    result = run_cli("model", "init", str(source.model_path), "--task", "anomaly", "--channels", channels,
-                     "--out", str(out), "--samples", *map(str, sorted(SAMPLES.glob("motion_[!f]*.csv"))), check=True)
+    result = run_cli(
+        "model",
+        "init",
+        str(source.model_path),
+        "--task",
+        "anomaly",
+        "--channels",
+        channels,
+        "--out",
+        str(out),
+        "--samples",
+        *map(str, sorted(SAMPLES.glob("motion_[!f]*.csv"))),
+        check=True,
+    )
     assert "mean/std computed from the samples" in result.stdout and "anomaly threshold" in result.stdout
     manifest = load_bundle(out).manifest
     assert manifest.input.layout == "NCT" and manifest.output.mode == "reconstruction"
@@ -123,7 +189,16 @@ def test_init_drafts_a_window_contract_from_csv_samples(tmp_path):
 def test_init_refuses_to_overwrite_a_folder(tmp_path):
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "keep.txt").write_text("mine")
-    result = run_cli("model", "init", "models/digits-cls-tflite/model.tflite", "--task", "raw", "--out",
-                     str(tmp_path / "x"), "--samples", str(SAMPLES / "digit_1.png"))
+    result = run_cli(
+        "model",
+        "init",
+        "models/digits-cls-tflite/model.tflite",
+        "--task",
+        "raw",
+        "--out",
+        str(tmp_path / "x"),
+        "--samples",
+        str(SAMPLES / "digit_1.png"),
+    )
     assert_clean_error(result, "exists and is not empty")
     assert (tmp_path / "x" / "keep.txt").read_text() == "mine"

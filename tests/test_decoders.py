@@ -34,7 +34,9 @@ def test_classification_returns_top_k_best_first_with_labels():
 
 
 def test_classification_softmax_and_min_score():
-    decoder = ClassificationDecoder(ClassificationOutput(activation="softmax", min_score=0.5), [out((1, 3))], LABELS)
+    decoder = ClassificationDecoder(
+        ClassificationOutput(activation="softmax", min_score=0.5), [out((1, 3))], LABELS
+    )
     result = decoder([np.array([[0.0, 5.0, 0.0]], np.float32)], DecodeContext())
     assert [lab.label for lab in result.labels] == ["dog"]
 
@@ -60,7 +62,11 @@ def test_yolo_rows_keep_the_best_box_per_object_and_class():
     decoder = YoloDecoder(config, [out((1, 6, 7))], LABELS, IMAGE)
     fmap = FrameMap(640, 0, 480, 0, 640, 480)
     result = decoder([yolo_rows()[None]], DecodeContext(frame_map=fmap))
-    assert [(d.label, round(d.score, 2)) for d in result.detections] == [("cat", 0.9), ("dog", 0.7), ("bird", 0.6)]
+    assert [(d.label, round(d.score, 2)) for d in result.detections] == [
+        ("cat", 0.9),
+        ("dog", 0.7),
+        ("bird", 0.6),
+    ]
     np.testing.assert_allclose(result.detections[0].box, (128, 96, 256, 192), atol=1e-3)
     np.testing.assert_allclose(result.detections[2].box_norm, (0.65, 0.6, 0.75, 0.8), atol=1e-6)
 
@@ -102,14 +108,20 @@ def test_ssd_layout_reads_count_swaps_yx_and_applies_threshold():
 
 
 def test_ssd_outputs_are_found_by_name_in_any_order():
-    specs = [out((1,), "num_detections"), out((1, 5), "detection_scores"), out((1, 5, 4), "detection_boxes"),
-             out((1, 5), "detection_classes")]
+    specs = [
+        out((1,), "num_detections"),
+        out((1, 5), "detection_scores"),
+        out((1, 5, 4), "detection_boxes"),
+        out((1, 5), "detection_classes"),
+    ]
     decoder = SsdDecoder(DetectionOutput(format="ssd"), specs, LABELS)
     assert decoder.order == {"boxes": 2, "classes": 3, "scores": 1, "count": 0}
 
 
 def test_reconstruction_anomaly_score_is_the_mean_squared_error():
-    decoder = AnomalyDecoder(AnomalyOutput(mode="reconstruction", threshold=0.5), [out((1, 4, 2))], out((1, 4, 2)))
+    decoder = AnomalyDecoder(
+        AnomalyOutput(mode="reconstruction", threshold=0.5), [out((1, 4, 2))], out((1, 4, 2))
+    )
     normalised = np.zeros((1, 4, 2), np.float32)
     recon = np.full((1, 4, 2), 1.0, np.float32)
     result = decoder([recon], DecodeContext(normalized_input=normalised))

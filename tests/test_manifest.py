@@ -22,7 +22,9 @@ GOOD: dict[str, Any] = {
     "input": {"kind": "image", "width": 32, "height": 32, "mean": [0], "std": [255]},
     "output": {"top_k": 3},
     "golden": {"tolerance": 0.01, "cases": [{"input": "golden/a.png", "expected": "golden/a.npz"}]},
-    "files": {p: {"sha256": SHA, "size": 1} for p in ("model.tflite", "labels.txt", "golden/a.png", "golden/a.npz")},
+    "files": {
+        p: {"sha256": SHA, "size": 1} for p in ("model.tflite", "labels.txt", "golden/a.png", "golden/a.npz")
+    },
 }
 
 
@@ -90,6 +92,7 @@ def test_mean_with_wrong_channel_count_is_refused():
 
 
 def test_detection_needs_an_image_input():
-    data = variant(task="detection", output={"format": "ssd"},
-                   input={"kind": "window", "length": 10, "channels": ["x"]})
+    data = variant(
+        task="detection", output={"format": "ssd"}, input={"kind": "window", "length": 10, "channels": ["x"]}
+    )
     assert "detection model needs an image input" in error_text(data)

@@ -53,6 +53,7 @@ class Model:
         self.bundle = bundle
         self.manifest = bundle.manifest
         self.backend = backend or open_backend(bundle.model_path, options, self.manifest.runtime)
+        self._invoke = self.backend.invoke
         try:
             self._check_contract()
         except ContractError:
@@ -114,7 +115,7 @@ class Model:
 
     def invoke(self, tensor: Array) -> list[Array]:
         """Runs the model on a prepared input; returns its raw (possibly quantized) outputs."""
-        return self.backend.invoke((tensor,))
+        return self._invoke((tensor,))
 
     def dequantize(self, outputs: list[Array]) -> list[FloatArray]:
         """Outputs as float32, dequantized with the model's own scale and zero point."""

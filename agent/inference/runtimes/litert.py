@@ -95,8 +95,11 @@ class LiteRTBackend:
         """Copies the inputs in, runs the interpreter, copies the outputs out."""
         interpreter = self._interpreter
         try:
-            for index, array in zip(self._input_indices, inputs, strict=True):
-                interpreter.set_tensor(index, array)
+            if len(inputs) == 1:
+                interpreter.set_tensor(self._input_indices[0], inputs[0])
+            else:
+                for index, array in zip(self._input_indices, inputs, strict=True):
+                    interpreter.set_tensor(index, array)
             interpreter.invoke()
         except (ValueError, RuntimeError) as error:
             raise ModelError(f"LiteRT invoke failed: {error}") from error

@@ -113,8 +113,10 @@ class OnnxBackend:
 
     def invoke(self, inputs: Sequence[Array]) -> list[Array]:
         """Runs the session once."""
+        names = self._input_names
+        feed = {names[0]: inputs[0]} if len(names) == 1 else dict(zip(names, inputs, strict=True))
         try:
-            outputs: list[Array] = self._run(None, dict(zip(self._input_names, inputs, strict=True)))
+            outputs: list[Array] = self._run(None, feed)
         except Exception as error:  # onnxruntime's pybind exceptions (InvalidArgument, Fail, ...)
             raise ModelError(f"ONNX Runtime run failed: {str(error).splitlines()[0]}") from error
         return outputs
