@@ -60,6 +60,7 @@ def assert_clean_error(result: subprocess.CompletedProcess[str], *fragments: str
     """A non-zero exit, `edge-agent: error:` lines on stderr that contain the fragments, and no traceback."""
     assert result.returncode != 0, result.stdout
     assert "Traceback" not in result.stderr, result.stderr
-    assert result.stderr.startswith("edge-agent: error: "), result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("edge-agent: error: ")]
+    assert errors, result.stderr
     for fragment in fragments:
-        assert fragment in result.stderr, result.stderr
+        assert any(fragment in line for line in errors), result.stderr

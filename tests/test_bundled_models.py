@@ -72,10 +72,10 @@ def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 @pytest.mark.parametrize("name", ["digits-det-tflite", "digits-det-onnx"])
 def test_detector_finds_the_digits_pasted_on_real_photographs(name):
     model = Model.load(MODELS / name)
-    scenes = json.loads((SAMPLES / "scenes.json").read_text())
+    scenes = json.loads((SAMPLES / "scenes.json").read_text())["images"]
     found = total = false_positives = 0
     for scene in scenes:
-        result = model.infer(read_image(SAMPLES / scene["image"]))
+        result = model.infer(read_image(SAMPLES / scene["file"]))
         truths = scene["objects"]
         total += len(truths)
         matched = set()
@@ -93,7 +93,7 @@ def test_detector_finds_the_digits_pasted_on_real_photographs(name):
                 false_positives += 1
         found += len(matched)
         # boxes come back in the pixels of the source picture, not of the model input
-        height, width = read_image(SAMPLES / scene["image"]).shape[:2]
+        height, width = read_image(SAMPLES / scene["file"]).shape[:2]
         assert all(
             0 <= d.box[0] < d.box[2] <= width and 0 <= d.box[1] < d.box[3] <= height
             for d in result.detections

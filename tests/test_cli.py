@@ -20,13 +20,13 @@ def test_infer_prints_a_readable_table_for_several_images():
         check=True,
     )
     lines = [line for line in result.stdout.splitlines() if "digit_" in line]
-    assert len(lines) == 2 and lines[0].split()[1] == "2" and lines[1].split()[1] == "5"
+    assert len(lines) == 2 and lines[0].split("│")[1].strip() == "2" and lines[1].split("│")[1].strip() == "5"
 
 
 def test_infer_json_gives_boxes_in_source_pixels():
-    scene = json.loads((SAMPLES / "scenes.json").read_text())[0]
+    scene = json.loads((SAMPLES / "scenes.json").read_text())["images"][0]
     result = run_cli(
-        "infer", "--json", "--model", "models/digits-det-onnx", str(SAMPLES / scene["image"]), check=True
+        "infer", "--json", "--model", "models/digits-det-onnx", str(SAMPLES / scene["file"]), check=True
     )
     data = json.loads(result.stdout)
     detections = data["results"][0]["result"]["detections"]

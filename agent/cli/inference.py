@@ -93,8 +93,9 @@ def run_infer(args: argparse.Namespace) -> int:
                 rows += _rows(name, result, ms)
         except InputError as problem:
             failed += 1
-            error(str(problem))
-            records.append({"input": str(path), "error": str(problem)})
+            message = str(problem) if path.name in str(problem) else f"{path.name}: {problem}"
+            error(message)
+            records.append({"input": str(path), "error": message})
     if args.json:
         print_json({"model": model.name, "version": model.version, "results": records})
     elif rows:

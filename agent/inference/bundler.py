@@ -73,7 +73,7 @@ def draft_input(
     spec: TensorSpec, hints: InputHints, samples: Sequence[np.ndarray], review: list[str]
 ) -> InputContract:
     """An input contract drafted from the model's input tensor, the hints and the samples."""
-    shape = spec.shape if len(spec.shape) != 3 or spec.shape[0] == 1 else (1, *spec.shape)
+    shape = spec.shape if len(spec.shape) != 3 or spec.shape[0] in (1, -1) else (1, *spec.shape)
     if len(shape) == 4 and (shape[3] in (1, 3) or shape[1] in (1, 3)):
         nchw = shape[1] in (1, 3) and shape[3] not in (1, 3)
         height, width = (shape[2], shape[3]) if nchw else (shape[1], shape[2])
@@ -88,7 +88,8 @@ def draft_input(
         if mean is None or std is None:
             if implied is not None:
                 low, high = implied
-                mean, std = (-low * 255.0 / (high - low),), (255.0 / (high - low),)
+                mean = (round(-low * 255.0 / (high - low), 3) + 0.0,)
+                std = (round(255.0 / (high - low), 3),)
                 review.append(
                     f"mean/std {mean[0]:.4g}/{std[0]:.4g} inferred from the input quantization range "
                     f"[{low:.4g}, {high:.4g}] (pixels 0..255 mapped onto it)"

@@ -187,8 +187,9 @@ class YoloDecoder:
     ) -> None:
         if len(outputs) != 1:
             raise ContractError(f"a yolo-format detector has one output, this model has {len(outputs)}")
-        dims = [d for d in outputs[0].shape if d != 1]
-        if len(dims) != 2:
+        shape = outputs[0].shape
+        dims = list(shape[-2:])
+        if len(shape) < 2 or any(d not in (1, -1) for d in shape[:-2]) or min(dims) < 1:
             raise ContractError(
                 f"a yolo-format output is N x (4+classes), got shape {list(outputs[0].shape)}"
             )

@@ -53,8 +53,11 @@ def load_digit_split(seed: int, test_fraction: float = 0.25) -> DigitSplit:
     """Load sklearn's digits and split them, stratified by class, into train and held-out parts."""
     digits = load_digits()
     tr_x, te_x, tr_y, te_y = train_test_split(
-        digits.images.astype(np.float32), digits.target.astype(np.int64),
-        test_size=test_fraction, random_state=seed, stratify=digits.target,
+        digits.images.astype(np.float32),
+        digits.target.astype(np.int64),
+        test_size=test_fraction,
+        random_state=seed,
+        stratify=digits.target,
     )
     return DigitSplit(tr_x, tr_y, te_x, te_y)
 
@@ -87,8 +90,13 @@ def augment_digits(digits8: np.ndarray, rng: np.random.Generator, size: int) -> 
         aspect = rng.uniform(0.85, 1.15)
         shift = rng.uniform(-0.1, 0.1, size=2) * size
         centre = (size - 1) / 2.0
-        matrix = np.array([[scale * aspect, 0.0, centre * (1 - scale * aspect) + shift[0]],
-                           [0.0, scale, centre * (1 - scale) + shift[1]]], np.float32)
+        matrix = np.array(
+            [
+                [scale * aspect, 0.0, centre * (1 - scale * aspect) + shift[0]],
+                [0.0, scale, centre * (1 - scale) + shift[1]],
+            ],
+            np.float32,
+        )
         alpha = cv2.warpAffine(alpha, matrix, (size, size), flags=cv2.INTER_LINEAR, borderValue=0.0)
         background = rng.uniform(0.0, 60.0)
         ink = rng.uniform(170.0, 255.0)
@@ -109,7 +117,9 @@ def load_photos(names: tuple[str, ...]) -> list[np.ndarray]:
     return photos
 
 
-def random_background(rng: np.random.Generator, photos: list[np.ndarray], width: int, height: int) -> np.ndarray:
+def random_background(
+    rng: np.random.Generator, photos: list[np.ndarray], width: int, height: int
+) -> np.ndarray:
     """Take a random crop (random scale, possibly mirrored) of a random photo, resized to width x height."""
     photo = photos[rng.integers(len(photos))]
     ph, pw = photo.shape[:2]
@@ -117,7 +127,7 @@ def random_background(rng: np.random.Generator, photos: list[np.ndarray], width:
     crop_w = int(crop_h * width / height)
     y0 = rng.integers(0, ph - crop_h + 1)
     x0 = rng.integers(0, pw - crop_w + 1)
-    crop = photo[y0:y0 + crop_h, x0:x0 + crop_w]
+    crop = photo[y0 : y0 + crop_h, x0 : x0 + crop_w]
     if rng.random() < 0.5:
         crop = crop[:, ::-1]
     image = cv2.resize(crop, (width, height), interpolation=cv2.INTER_AREA).astype(np.float32)
@@ -125,8 +135,9 @@ def random_background(rng: np.random.Generator, photos: list[np.ndarray], width:
     return np.clip(image, 0, 255)
 
 
-def paste_digit(image: np.ndarray, digit8: np.ndarray, box_px: tuple[int, int, int, int],
-                rng: np.random.Generator) -> tuple[int, int, int, int]:
+def paste_digit(
+    image: np.ndarray, digit8: np.ndarray, box_px: tuple[int, int, int, int], rng: np.random.Generator
+) -> tuple[int, int, int, int]:
     """Alpha-blend a digit into ``image`` (float BGR, in place) over the pixel box (x, y, w, h).
 
     The ink colour is bright or dark, whichever contrasts with the local background. Returns the
@@ -134,7 +145,7 @@ def paste_digit(image: np.ndarray, digit8: np.ndarray, box_px: tuple[int, int, i
     """
     x, y, w, h = box_px
     alpha = digit_alpha(digit8, w, h) * rng.uniform(0.8, 1.0)
-    patch = image[y:y + h, x:x + w]
+    patch = image[y : y + h, x : x + w]
     local = float(patch.mean())
     bright = rng.uniform(190.0, 255.0, size=3)
     dark = rng.uniform(0.0, 60.0, size=3)
@@ -145,8 +156,15 @@ def paste_digit(image: np.ndarray, digit8: np.ndarray, box_px: tuple[int, int, i
     return x + int(cols[0]), y + int(rows[0]), x + int(cols[-1]) + 1, y + int(rows[-1]) + 1
 
 
-def make_scene(rng: np.random.Generator, photos: list[np.ndarray], digits8: np.ndarray, labels: np.ndarray,
-               width: int, height: int, max_digits: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def make_scene(
+    rng: np.random.Generator,
+    photos: list[np.ndarray],
+    digits8: np.ndarray,
+    labels: np.ndarray,
+    width: int,
+    height: int,
+    max_digits: int = 3,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Compose one detection scene: 1 to ``max_digits`` non-overlapping digits pasted on a photo crop.
 
     Digit sizes are relative to the image (about 16-32 px once stretched to 96x96), so scenes of any
@@ -175,9 +193,16 @@ def make_scene(rng: np.random.Generator, photos: list[np.ndarray], digits8: np.n
     return scene, np.array(boxes, np.float32).reshape(-1, 4), np.array(classes, np.int64)
 
 
-def make_scenes(rng: np.random.Generator, photos: list[np.ndarray], digits8: np.ndarray, labels: np.ndarray,
-                count: int, width: int, height: int,
-                max_digits: int = 3) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+def make_scenes(
+    rng: np.random.Generator,
+    photos: list[np.ndarray],
+    digits8: np.ndarray,
+    labels: np.ndarray,
+    count: int,
+    width: int,
+    height: int,
+    max_digits: int = 3,
+) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
     """Compose ``count`` scenes; returns (uint8 BGR ``[count, H, W, 3]``, per-scene boxes, per-scene classes)."""
     scenes = [make_scene(rng, photos, digits8, labels, width, height, max_digits) for _ in range(count)]
     return np.stack([s[0] for s in scenes]), [s[1] for s in scenes], [s[2] for s in scenes]
@@ -222,36 +247,43 @@ def load_basic_motions() -> MotionData:
     test_x, test_labels, _ = parse_ts(folder / "BasicMotions_TEST.ts")
     index = {name: i for i, name in enumerate(declared)}
     return MotionData(
-        train_x, np.array([index[s] for s in train_labels]), test_x, np.array([index[s] for s in test_labels]),
+        train_x,
+        np.array([index[s] for s in train_labels]),
+        test_x,
+        np.array([index[s] for s in test_labels]),
         [name.lower() for name in declared],
     )
 
 
-def random_windows(rng: np.random.Generator, recordings: np.ndarray, labels: np.ndarray, count: int,
-                   length: int) -> tuple[np.ndarray, np.ndarray]:
+def random_windows(
+    rng: np.random.Generator, recordings: np.ndarray, labels: np.ndarray, count: int, length: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Cut ``count`` random windows of ``length`` samples out of random recordings."""
     which = rng.integers(0, len(recordings), size=count)
     starts = rng.integers(0, recordings.shape[1] - length + 1, size=count)
-    windows = np.stack([recordings[r, s:s + length] for r, s in zip(which, starts, strict=True)])
+    windows = np.stack([recordings[r, s : s + length] for r, s in zip(which, starts, strict=True)])
     return windows, labels[which]
 
 
-def strided_windows(recordings: np.ndarray, labels: np.ndarray, length: int,
-                    stride: int) -> tuple[np.ndarray, np.ndarray]:
+def strided_windows(
+    recordings: np.ndarray, labels: np.ndarray, length: int, stride: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Cut every recording into windows at offsets 0, stride, 2*stride, ... (deterministic)."""
     starts = range(0, recordings.shape[1] - length + 1, stride)
-    windows = [rec[s:s + length] for rec in recordings for s in starts]
+    windows = [rec[s : s + length] for rec in recordings for s in starts]
     return np.stack(windows), np.repeat(labels, len(starts))
 
 
-def inject_fault(window: np.ndarray, kind: str, rng: np.random.Generator, channel_std: np.ndarray) -> np.ndarray:
+def inject_fault(
+    window: np.ndarray, kind: str, rng: np.random.Generator, channel_std: np.ndarray
+) -> np.ndarray:
     """Return a copy of a ``[T, C]`` window with one sensor fault of the given kind injected.
 
     Kinds: ``stuck`` (a channel freezes at its current value), ``spikes`` (a few large single-sample
     outliers), ``noise_burst`` (a stretch of strong noise on some channels), ``dropped`` (a channel
     reads zero), ``gain`` (a channel's gain jumps by a factor of 3-5 or drops by 4-5).
     """
-    out = window.copy()
+    out: np.ndarray = window.copy()
     t_len, n_ch = out.shape
     ch = int(rng.integers(n_ch))
     start = int(rng.integers(0, t_len // 2))
@@ -259,7 +291,9 @@ def inject_fault(window: np.ndarray, kind: str, rng: np.random.Generator, channe
         out[start:, ch] = out[start, ch]
     elif kind == "spikes":
         where = rng.choice(t_len, size=int(rng.integers(2, 5)), replace=False)
-        out[where, ch] += rng.choice([-1.0, 1.0], size=len(where)) * rng.uniform(6, 10, len(where)) * channel_std[ch]
+        out[where, ch] += (
+            rng.choice([-1.0, 1.0], size=len(where)) * rng.uniform(6, 10, len(where)) * channel_std[ch]
+        )
     elif kind == "noise_burst":
         chans = rng.choice(n_ch, size=int(rng.integers(1, 4)), replace=False)
         stop = start + int(rng.integers(10, 21))

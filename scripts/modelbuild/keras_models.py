@@ -3,6 +3,7 @@
 Every architecture uses only layers that map one-to-one onto ONNX operators (stride-1 'same'
 convolutions with bias and ReLU, 2x2 max pooling, global average pooling, dense layers, softmax /
 sigmoid, reshape and a constant add), so ``onnx_export`` can rebuild them exactly from the weights.
+The detector trains with batch normalisation, which is folded into its convolutions for export.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ from keras import layers, ops
 DET_GRID = 12
 DET_STRIDE = 8
 DET_CLASSES = 10
+DET_WIDTHS = (8, 24, 64, 96, 96)  # conv widths; the first DET_POOLS are each followed by 2x2 pooling
+DET_POOLS = 3
+DET_BN_FROM = 2
+LOGIT_BOUND = 6.0
+POSITIVE_WEIGHT = 3.0
 
 
 def set_seed(seed: int) -> None:
@@ -60,7 +66,7 @@ def grid_offsets(grid: int = DET_GRID, channels: int = 4 + DET_CLASSES) -> np.nd
 
 
 @keras.saving.register_keras_serializable(package="modelbuild")
-class GridOffset(layers.Layer):
+class GridOffset(layers.Layer):  # type: ignore[misc]  # keras ships no type information
     """Adds the constant ``grid_offsets()`` tensor to an NHWC feature map."""
 
     def __init__(self, **kwargs: Any) -> None:
@@ -72,30 +78,64 @@ class GridOffset(layers.Layer):
         return ops.add(x, ops.convert_to_tensor(self.offsets[None]))
 
 
-def build_detector(size: int = 96) -> tuple[keras.Model, keras.Model]:
-    """Anchor-free stride-8 detector: returns (training model giving logits, export model).
+def _detector_graph(size: int, batch_norm: bool) -> tuple[Any, Any, layers.Conv2D]:
+    """Detector layers up to the per-cell logits map; returns (inputs, logits map, head layer).
 
-    Both share weights and output ``[N, 144, 14]``; the export model applies the sigmoid so each row
-    is ``cx, cy, w, h, score_0..score_9`` in 0..1 (boxes normalised to the image).
+    With ``batch_norm`` the blocks from ``DET_BN_FROM`` on are conv-BN-ReLU (faster training; BN at
+    full resolution costs too much CPU time), otherwise every block is a biased conv with ReLU.
     """
     inputs = keras.Input((size, size, 3), name="image")
-    x = _conv(16)(inputs)
-    x = layers.MaxPooling2D(2)(x)
-    x = _conv(32)(x)
-    x = layers.MaxPooling2D(2)(x)
-    x = _conv(48)(x)
-    x = layers.MaxPooling2D(2)(x)
-    x = _conv(64)(x)
-    x = _conv(64)(x)
+    x = inputs
+    for i, filters in enumerate(DET_WIDTHS):
+        if batch_norm and i >= DET_BN_FROM:
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+            x = layers.ReLU()(layers.BatchNormalization()(x))
+        else:
+            x = _conv(filters)(x)
+        if i < DET_POOLS:
+            x = layers.MaxPooling2D(2)(x)
     head = layers.Conv2D(4 + DET_CLASSES, 1, name="head")
-    x = head(x)
-    logits_map = GridOffset(name="grid_offset")(x)
-    rows = (DET_GRID * DET_GRID, 4 + DET_CLASSES)
-    logits = layers.Reshape(rows, name="logits")(logits_map)
-    probs = layers.Reshape(rows, name="rows")(layers.Activation("sigmoid", name="sigmoid")(logits_map))
+    return inputs, GridOffset(name="grid_offset")(head(x)), head
+
+
+def build_detector_trainer(size: int = 96) -> keras.Model:
+    """Anchor-free stride-8 detector for training: outputs logits rows ``[N, 144, 14]``."""
+    inputs, logits_map, head = _detector_graph(size, batch_norm=True)
     prior = 0.01  # initial class score, so that the rare positives do not start drowned in negatives
     head.bias.assign(np.r_[np.zeros(4), np.full(DET_CLASSES, np.log(prior / (1 - prior)))].astype(np.float32))
-    return keras.Model(inputs, logits, name="digits_det_train"), keras.Model(inputs, probs, name="digits_det")
+    rows = layers.Reshape((DET_GRID * DET_GRID, 4 + DET_CLASSES), name="logits")(logits_map)
+    return keras.Model(inputs, rows, name="digits_det_train")
+
+
+def export_detector(trainer: keras.Model, size: int = 96) -> keras.Model:
+    """The deployable detector: the trainer's weights with batch norm folded into the convolutions,
+    and a sigmoid, so each output row is ``cx, cy, w, h, score_0..score_9`` in 0..1."""
+    inputs, logits_map, _ = _detector_graph(size, batch_norm=False)
+    probs = layers.Activation("sigmoid", name="sigmoid")(logits_map)
+    model = keras.Model(
+        inputs, layers.Reshape((DET_GRID * DET_GRID, 4 + DET_CLASSES), name="rows")(probs), name="digits_det"
+    )
+    convs = [layer for layer in model.layers if isinstance(layer, layers.Conv2D)]
+    for conv, weights in zip(convs, _folded_conv_weights(trainer), strict=True):
+        conv.set_weights(weights)
+    return model
+
+
+def _folded_conv_weights(model: keras.Model) -> list[list[np.ndarray]]:
+    """Kernel and bias of every Conv2D of a chain model, folding in a directly following BatchNormalization."""
+    chain = model.layers
+    folded = []
+    for layer, following in zip(chain, [*chain[1:], None], strict=True):
+        if not isinstance(layer, layers.Conv2D):
+            continue
+        kernel = np.asarray(layer.kernel)
+        bias = np.asarray(layer.bias) if layer.use_bias else np.zeros(kernel.shape[-1], np.float32)
+        if isinstance(following, layers.BatchNormalization):
+            gamma, beta, mean, var = (np.asarray(w) for w in following.get_weights())
+            scale = gamma / np.sqrt(var + following.epsilon)
+            kernel, bias = kernel * scale, (bias - mean) * scale + beta
+        folded.append([kernel.astype(np.float32), bias.astype(np.float32)])
+    return folded
 
 
 def detection_targets(boxes: list[np.ndarray], classes: list[np.ndarray]) -> np.ndarray:
@@ -112,25 +152,27 @@ def detection_targets(boxes: list[np.ndarray], classes: list[np.ndarray]) -> np.
 
 
 def detection_loss(y_true: Any, logits: Any) -> Any:
-    """Detector training loss, normalised by the number of objects in the batch.
+    """Detector training loss on logits ``[N, 144, 14]`` against ``detection_targets`` rows,
+    normalised by the number of objects in the batch.
 
-    Sums a focal loss on the class scores of all cells, a softmax cross-entropy over the class
-    logits of the positive cells (it speeds up learning which digit it is) and a cross-entropy on
-    the box outputs of the positive cells.
+    Sums a binary cross-entropy on the class scores of all cells (positives weighted by
+    ``POSITIVE_WEIGHT`` against the ~400 times more numerous negatives), a softmax cross-entropy over the
+    class logits of the positive cells (it speeds up learning which digit it is), a cross-entropy
+    on the box outputs of the positive cells and a penalty on logits beyond +-``LOGIT_BOUND``.
     """
     cls_true, cls_logits = y_true[..., 4:], logits[..., 4:]
     positive = ops.max(cls_true, axis=-1)
     n_pos = ops.maximum(ops.sum(positive), 1.0)
-    prob = ops.sigmoid(cls_logits)
-    p_t = prob * cls_true + (1.0 - prob) * (1.0 - cls_true)
-    alpha_t = 0.5 * cls_true + 0.5 * (1.0 - cls_true)
-    ce = ops.binary_crossentropy(cls_true, cls_logits, from_logits=True)
-    cls_loss = ops.sum(alpha_t * ops.square(1.0 - p_t) * ce)
-    softmax_ce = ops.categorical_crossentropy(cls_true, cls_logits, from_logits=True)
-    identity_loss = ops.sum(softmax_ce * positive)
+    score_ce = ops.binary_crossentropy(cls_true, cls_logits, from_logits=True)
+    score_loss = ops.sum(score_ce * (1.0 + (POSITIVE_WEIGHT - 1.0) * cls_true))
+    identity_ce = ops.categorical_crossentropy(cls_true, cls_logits, from_logits=True)
+    identity_loss = ops.sum(identity_ce * positive)
     box_ce = ops.binary_crossentropy(y_true[..., :4], logits[..., :4], from_logits=True)
     box_loss = ops.sum(box_ce * positive[..., None])
-    return (cls_loss + identity_loss + 5.0 * box_loss) / n_pos
+    # Keep logits within +-LOGIT_BOUND: unbounded negatives would stretch the INT8 range of the
+    # pre-sigmoid tensor, which the box outputs share, and cost box precision after quantization.
+    bound_loss = ops.sum(ops.square(ops.relu(ops.abs(logits) - LOGIT_BOUND)))
+    return (score_loss + identity_loss + 5.0 * box_loss + bound_loss) / n_pos
 
 
 def build_motion_classifier(length: int, channels: int, classes: int) -> keras.Model:
@@ -144,20 +186,29 @@ def build_motion_classifier(length: int, channels: int, classes: int) -> keras.M
     return keras.Model(inputs, outputs, name="motion_cls")
 
 
-def build_autoencoder(length: int, channels: int, bottleneck: int = 12) -> keras.Model:
-    """Dense autoencoder over NTC windows; the output has the input's shape."""
+def build_autoencoder(length: int, channels: int, width: int = 32, kernel: int = 5) -> keras.Model:
+    """Convolutional (denoising) autoencoder over NTC windows; the output has the input's shape.
+
+    Three stride-1 'same' Conv1D layers (receptive field 13 samples); trained to map corrupted
+    windows to clean ones, it reproduces normal motion but not glitches, which then show up in
+    the reconstruction error.
+    """
     inputs = keras.Input((length, channels), name="window")
-    x = layers.Flatten()(inputs)
-    x = layers.Dense(64, activation="relu")(x)
-    x = layers.Dense(bottleneck, activation="relu")(x)
-    x = layers.Dense(64, activation="relu")(x)
-    x = layers.Dense(length * channels)(x)
-    outputs = layers.Reshape((length, channels))(x)
+    x = layers.Conv1D(width, kernel, padding="same", activation="relu")(inputs)
+    x = layers.Conv1D(width, kernel, padding="same", activation="relu")(x)
+    outputs = layers.Conv1D(channels, kernel, padding="same")(x)
     return keras.Model(inputs, outputs, name="motion_ae")
 
 
-def fit(model: keras.Model, x: np.ndarray, y: np.ndarray, loss: Any, epochs: int, batch_size: int,
-        learning_rate: float) -> list[float]:
+def fit(
+    model: keras.Model,
+    x: np.ndarray,
+    y: np.ndarray,
+    loss: Any,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+) -> list[float]:
     """Train with Adam and a cosine-decayed learning rate; returns the per-epoch training loss."""
     steps = epochs * int(np.ceil(len(x) / batch_size))
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps, alpha=0.05)

@@ -37,7 +37,9 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray(inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9))
 
 
-def decode_yolo(rows: np.ndarray, score_threshold: float, iou_threshold: float, max_detections: int) -> Detections:
+def decode_yolo(
+    rows: np.ndarray, score_threshold: float, iou_threshold: float, max_detections: int
+) -> Detections:
     """Decode one image's ``[cells, 4 + classes]`` cxcywh rows: best class per cell, score threshold,
     class-agnostic greedy NMS, at most ``max_detections`` boxes."""
     scores = rows[:, 4:].max(axis=1)
@@ -50,13 +52,14 @@ def decode_yolo(rows: np.ndarray, score_threshold: float, iou_threshold: float, 
     for i in range(len(keep)):
         if len(chosen) == max_detections:
             break
-        if not chosen or iou(boxes[i:i + 1], boxes[chosen]).max() <= iou_threshold:
+        if not chosen or iou(boxes[i : i + 1], boxes[chosen]).max() <= iou_threshold:
             chosen.append(i)
     return Detections(boxes[chosen], scores[keep][chosen], classes[keep][chosen])
 
 
-def decode_ssd(boxes: np.ndarray, classes: np.ndarray, scores: np.ndarray, count: float,
-               score_threshold: float) -> Detections:
+def decode_ssd(
+    boxes: np.ndarray, classes: np.ndarray, scores: np.ndarray, count: float, score_threshold: float
+) -> Detections:
     """Read one image's TFLite-SSD style outputs (ymin, xmin, ymax, xmax boxes) above a score threshold."""
     n = int(count)
     keep = scores[:n] >= score_threshold
@@ -69,7 +72,9 @@ def _match(det: Detections, gt_boxes: np.ndarray, gt_classes: np.ndarray, iou_th
     order = np.argsort(-det.scores, kind="stable")
     used = np.zeros(len(gt_boxes), bool)
     hits = np.zeros(len(det.scores), bool)
-    overlaps = iou(det.boxes, gt_boxes) if len(gt_boxes) and len(det.scores) else np.zeros((len(det.scores), 0))
+    overlaps = (
+        iou(det.boxes, gt_boxes) if len(gt_boxes) and len(det.scores) else np.zeros((len(det.scores), 0))
+    )
     for i in order:
         candidates = (~used) & (gt_classes == det.classes[i]) & (overlaps[i] >= iou_threshold)
         if candidates.any():
@@ -78,8 +83,13 @@ def _match(det: Detections, gt_boxes: np.ndarray, gt_classes: np.ndarray, iou_th
     return hits
 
 
-def detection_scores(dets: list[Detections], gt_boxes: list[np.ndarray], gt_classes: list[np.ndarray],
-                     score_threshold: float, iou_threshold: float = 0.5) -> dict[str, float]:
+def detection_scores(
+    dets: list[Detections],
+    gt_boxes: list[np.ndarray],
+    gt_classes: list[np.ndarray],
+    score_threshold: float,
+    iou_threshold: float = 0.5,
+) -> dict[str, float]:
     """Precision / recall at a score threshold, plus mAP (all-point interpolated AP averaged over
     the classes present) over all the given detections, at ``iou_threshold``."""
     flags, scores, classes = [], [], []
@@ -100,9 +110,14 @@ def detection_scores(dets: list[Detections], gt_boxes: list[np.ndarray], gt_clas
         precision = tps / np.arange(1, len(mine) + 1)
         envelope = np.maximum.accumulate(np.concatenate([precision, [0.0]])[::-1])[::-1]
         aps.append(float(np.sum(np.diff(np.concatenate([[0.0], recall])) * envelope[:-1])))
-    return {"precision": round(tp / max(int(above.sum()), 1), 4), "recall": round(tp / len(all_gt), 4),
-            "map50": round(float(np.mean(aps)), 4), "true_positives": tp,
-            "false_positives": int(above.sum()) - tp, "objects": len(all_gt)}
+    return {
+        "precision": round(tp / max(int(above.sum()), 1), 4),
+        "recall": round(tp / len(all_gt), 4),
+        "map50": round(float(np.mean(aps)), 4),
+        "true_positives": tp,
+        "false_positives": int(above.sum()) - tp,
+        "objects": len(all_gt),
+    }
 
 
 def anomaly_scores(inputs: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
@@ -113,6 +128,8 @@ def anomaly_scores(inputs: np.ndarray, reconstructions: np.ndarray) -> np.ndarra
 def anomaly_report(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
     """ROC AUC and detection / false-positive rates of anomaly scores at a threshold (label 1 = fault)."""
     flagged = scores > threshold
-    return {"roc_auc": round(float(roc_auc_score(labels, scores)), 4),
-            "detection_rate": round(float(flagged[labels == 1].mean()), 4),
-            "false_positive_rate": round(float(flagged[labels == 0].mean()), 4)}
+    return {
+        "roc_auc": round(float(roc_auc_score(labels, scores)), 4),
+        "detection_rate": round(float(flagged[labels == 1].mean()), 4),
+        "false_positive_rate": round(float(flagged[labels == 0].mean()), 4),
+    }

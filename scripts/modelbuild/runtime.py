@@ -6,7 +6,8 @@ The pre-processing here follows the bundle input contracts exactly (stretch resi
 
 from __future__ import annotations
 
-import json
+import contextlib
+import io
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,15 +24,30 @@ Contract = dict[str, Any]
 
 def image_contract(width: int, height: int, layout: str) -> Contract:
     """Input contract of the digit models: RGB, stretched to width x height, pixels scaled to 0..1."""
-    return {"kind": "image", "layout": layout, "color": "RGB", "width": width, "height": height,
-            "resize": "stretch", "mean": [0.0, 0.0, 0.0], "std": [255.0, 255.0, 255.0]}
+    return {
+        "kind": "image",
+        "layout": layout,
+        "color": "RGB",
+        "width": width,
+        "height": height,
+        "resize": "stretch",
+        "mean": [0.0, 0.0, 0.0],
+        "std": [255.0, 255.0, 255.0],
+    }
 
 
-def window_contract(length: int, channels: Sequence[str], mean: np.ndarray, std: np.ndarray,
-                    layout: str) -> Contract:
+def window_contract(
+    length: int, channels: Sequence[str], mean: np.ndarray, std: np.ndarray, layout: str
+) -> Contract:
     """Input contract of the motion models: per-channel standardisation of a ``[T, C]`` window."""
-    return {"kind": "window", "layout": layout, "length": length, "channels": list(channels),
-            "mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std]}
+    return {
+        "kind": "window",
+        "layout": layout,
+        "length": length,
+        "channels": list(channels),
+        "mean": [round(float(v), 6) for v in mean],
+        "std": [round(float(v), 6) for v in std],
+    }
 
 
 def preprocess_images(images_bgr: Sequence[np.ndarray] | np.ndarray, contract: Contract) -> np.ndarray:
@@ -63,10 +79,9 @@ def keras_to_tflite(model: tf.keras.Model, calibration: np.ndarray | None) -> by
     Full INT8 means int8 weights and activations with int8 input and output tensors, calibrated
     on the given (already pre-processed) float inputs.
     """
-    spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
-    function = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if calibration is not None:
+
         def representative() -> Iterator[list[np.ndarray]]:
             for sample in calibration:
                 yield [sample[None].astype(np.float32)]
@@ -76,7 +91,8 @@ def keras_to_tflite(model: tf.keras.Model, calibration: np.ndarray | None) -> by
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
-    return bytes(converter.convert())
+    with contextlib.redirect_stdout(io.StringIO()):  # Keras' export prints the traced signature
+        return bytes(converter.convert())
 
 
 class TfliteRunner:
@@ -121,11 +137,11 @@ class OnnxRunner:
         """Run the batch and return the outputs in graph order (stacked per sample when batch is fixed)."""
         if not self.fixed_batch:
             return list(self.session.run(None, {self.input_name: x}))
-        per_sample = [self.session.run(None, {self.input_name: x[i:i + 1]}) for i in range(len(x))]
+        per_sample = [self.session.run(None, {self.input_name: x[i : i + 1]}) for i in range(len(x))]
         return [np.concatenate(outputs) for outputs in zip(*per_sample, strict=True)]
 
 
-class ArrayCalibrationReader(CalibrationDataReader):
+class ArrayCalibrationReader(CalibrationDataReader):  # type: ignore[misc]  # untyped base
     """Feeds pre-processed calibration samples one at a time to ``quantize_static``."""
 
     def __init__(self, input_name: str, samples: np.ndarray) -> None:
@@ -136,22 +152,25 @@ class ArrayCalibrationReader(CalibrationDataReader):
         return next(self.feeds, None)
 
 
-def quantize_onnx(float_path: Path, int8_path: Path, calibration: np.ndarray,
-                  nodes_to_quantize: list[str] | None = None) -> None:
+def quantize_onnx(
+    float_path: Path, int8_path: Path, calibration: np.ndarray, nodes_to_quantize: list[str] | None = None
+) -> None:
     """QDQ-quantize an ONNX model: int8 per-channel weights, int8 activations, MinMax calibration."""
     model = onnx.load(str(float_path))
     reader = ArrayCalibrationReader(model.graph.input[0].name, calibration)
-    quantize_static(str(float_path), str(int8_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    nodes_to_quantize=nodes_to_quantize)
+    quantize_static(
+        str(float_path),
+        str(int8_path),
+        reader,
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_quantize=nodes_to_quantize,
+    )
 
 
 def save_onnx(model: onnx.ModelProto, path: Path) -> None:
     """Check an ONNX model against the spec and write it to ``path``."""
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write a JSON file with stable key order and indentation."""
-    path.write_text(json.dumps(payload, indent=2) + "\n")
