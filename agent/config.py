@@ -1,0 +1,379 @@
+"""The agent's configuration: one pydantic model tree, loaded from TOML, with environment and remote overrides.
+
+Layers, later ones win: built-in defaults; the TOML file (`/etc/edge-agent/agent.toml` or `--config`); the overrides the
+fleet set with the `set-config` command (`{state_dir}/config-overrides.json`, written atomically); environment
+variables `EDGE_AGENT__SECTION__KEY=value` (the value read as a TOML value when it parses as one, else as a string).
+Every section forbids unknown keys. A config error names the file, the key path, the line where it can be found, what
+was expected and what was given. Nothing here does I/O except the `load_*` functions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from agent.errors import ConfigError
+from agent.fsutil import write_atomic
+from agent.inference.options import RuntimeOptions
+from agent.link.config import LinkConfig, OutboxConfig
+from agent.sources.config import SourceConfig, default_source_config
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 (JetPack 6)
+    import tomli as tomllib
+
+DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/agent.toml")
+DEFAULT_STATE_DIR = Path("/var/lib/edge-agent")
+OVERRIDES_NAME = "config-overrides.json"
+ENV_PREFIX = "EDGE_AGENT__"
+REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
+DEFAULT_BUNDLE = "digits-det-tflite"
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DeviceConfig(Section):
+    """Who this device is in the fleet."""
+
+    id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+        description="Device id: the MQTT client id and user name. Default: the host name.",
+    )
+    fleet: str = Field(
+        "default", pattern=r"^[A-Za-z0-9._-]{1,64}$", description="Fleet name in the topic prefix."
+    )
+    group: str = Field(
+        "default", pattern=r"^[A-Za-z0-9._-]{1,64}$", description="Rollout group of this device."
+    )
+
+    def resolved_id(self) -> str:
+        """The configured id, or the host name made topic-safe."""
+        if self.id:
+            return self.id
+        name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()) or "edge-device"
+        return name[:128]
+
+
+class ModelConfig(Section):
+    """The model bundle the loop runs."""
+
+    bundle: Path | None = Field(
+        None,
+        description="Model bundle folder. Default: the installed model (state dir), else the bundled "
+        f"models/{DEFAULT_BUNDLE} next to the package.",
+    )
+    runtime: RuntimeOptions = Field(
+        default_factory=RuntimeOptions, description="Runtime threads and providers."
+    )
+    warmup_runs: int = Field(5, ge=0, le=1000, description="Inferences run on a new model before it serves.")
+    verify: bool = Field(True, description="Check file hashes against the manifest when loading.")
+
+
+class PipelineConfig(Section):
+    """The inference worker."""
+
+    max_rate_hz: float | None = Field(
+        None,
+        gt=0,
+        le=1000,
+        description="At most this many inferences per second (duty cycling); None: as fast as frames come.",
+    )
+    cpu_affinity: tuple[int, ...] | None = Field(
+        None, description="CPUs the inference thread may run on, e.g. [2, 3]; None: any."
+    )
+    hang_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        le=3600,
+        description="An invoke longer than this counts as hung: the systemd watchdog is starved.",
+    )
+
+
+class JsonlSinkConfig(Section):
+    """Results as JSON lines, for debugging."""
+
+    enabled: bool = Field(False, description="Write every result as a JSON line.")
+    path: str = Field("-", description="File to append to, or '-' for standard output.")
+    every_n: int = Field(1, ge=1, description="Write only every n-th result.")
+
+
+class SinksConfig(Section):
+    """Where results go besides the fleet link."""
+
+    jsonl: JsonlSinkConfig = Field(default_factory=JsonlSinkConfig, description="JSON-lines sink.")
+
+
+class SnapshotConfig(Section):
+    """JPEG snapshots of frames that triggered events."""
+
+    enabled: bool = Field(True, description="Keep a JPEG of the frame behind each anomaly event.")
+    folder: Path | None = Field(None, description="Where to keep them. Default: {state_dir}/snapshots.")
+    max_bytes: int = Field(
+        20_000_000, ge=0, description="Byte budget; the oldest snapshots are removed first."
+    )
+    jpeg_quality: int = Field(85, ge=10, le=100, description="JPEG quality.")
+
+
+class AnomalyConfig(Section):
+    """When a result becomes an anomaly event."""
+
+    cooldown_s: float = Field(
+        10.0, ge=0, description="At most one anomaly event per this many seconds while it lasts."
+    )
+    labels: tuple[str, ...] = Field(
+        (), description="Detection/classification labels that count as anomalies (e.g. ['person'])."
+    )
+    min_score: float = Field(0.5, ge=0, le=1, description="Score a listed label needs to count.")
+
+
+class DriftConfig(Section):
+    """Data drift against the bundle's reference statistics."""
+
+    enabled: bool = Field(True, description="Watch input and output statistics for drift.")
+    every_n: int = Field(300, ge=10, description="Compare with the reference every n items.")
+    psi_threshold: float = Field(0.2, gt=0, description="Population stability index that counts as drift.")
+
+
+class MonitorConfig(Section):
+    """Health, anomaly and drift monitors."""
+
+    anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig, description="Anomaly events.")
+    drift: DriftConfig = Field(default_factory=DriftConfig, description="Drift detection.")
+    system_interval_s: float = Field(5.0, gt=0, description="How often CPU, memory and temperature are read.")
+    recent_events: int = Field(
+        50, ge=1, le=10_000, description="Events kept in memory for `edge-agent status`."
+    )
+
+
+class ControlConfig(Section):
+    """The local control socket that `edge-agent status` talks to."""
+
+    socket: Path | None = Field(
+        None,
+        description="Unix socket path. Default: $RUNTIME_DIRECTORY/control.sock, else {state_dir}/control.sock.",
+    )
+
+
+class AgentConfig(Section):
+    """The whole agent."""
+
+    state_dir: Path | None = Field(
+        None,
+        description="Writable state: models, outbox, snapshots. Default: $STATE_DIRECTORY, else /var/lib/edge-agent.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    device: DeviceConfig = Field(default_factory=DeviceConfig, description="Identity in the fleet.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The model in service.")
+    source: SourceConfig = Field(
+        default_factory=default_source_config, description="Camera, stream, file or sensor."
+    )
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Inference worker.")
+    sinks: SinksConfig = Field(default_factory=SinksConfig, description="Local result sinks.")
+    snapshots: SnapshotConfig = Field(default_factory=SnapshotConfig, description="Event snapshots.")
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig, description="Monitors.")
+    control: ControlConfig = Field(default_factory=ControlConfig, description="Local control socket.")
+    link: LinkConfig = Field(default_factory=LinkConfig, description="Fleet MQTT link.")
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Durable outbox for the link.")
+
+    @model_validator(mode="after")
+    def _check_snapshots(self) -> AgentConfig:
+        if self.snapshots.max_bytes and self.snapshots.max_bytes < 100_000 and self.snapshots.enabled:
+            raise ValueError(
+                "snapshots.max_bytes below 100000 cannot hold one camera frame; disable snapshots instead"
+            )
+        return self
+
+    def resolved_state_dir(self) -> Path:
+        """The state directory: configured, from systemd, or the default."""
+        if self.state_dir is not None:
+            return self.state_dir
+        from_systemd = os.environ.get("STATE_DIRECTORY")
+        return Path(from_systemd.split(":")[0]) if from_systemd else DEFAULT_STATE_DIR
+
+    def resolved_socket(self) -> Path:
+        """The control socket path."""
+        if self.control.socket is not None:
+            return self.control.socket
+        runtime = os.environ.get("RUNTIME_DIRECTORY")
+        if runtime:
+            return Path(runtime.split(":")[0]) / "control.sock"
+        return self.resolved_state_dir() / "control.sock"
+
+    def public_dict(self) -> dict[str, Any]:
+        """The config as JSON-ready data, secrets hidden."""
+        data: dict[str, Any] = self.model_dump(mode="json")
+        return data
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _deep_merge(base: dict[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in patch.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
+    layer: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__") if part]
+        if not path:
+            continue
+        try:
+            value: Any = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        node = layer
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return layer
+
+
+def _locate(text: str, loc: tuple[str | int, ...]) -> int | None:
+    """The line (1-based) where the key path is set in a TOML text, if it can be found."""
+    keys = [str(k) for k in loc if isinstance(k, str)]
+    if not keys:
+        return None
+    table: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        header = re.match(r"^\[\[?\s*([^\]]+?)\s*\]\]?", stripped)
+        if header:
+            table = [part.strip().strip('"') for part in header.group(1).split(".")]
+            if table == keys:
+                return number
+            continue
+        assign = re.match(r"^([A-Za-z0-9_.\"-]+)\s*=", stripped)
+        if assign:
+            path = table + [part.strip('"') for part in assign.group(1).split(".")]
+            if path == keys[: len(path)]:
+                return number
+    return None
+
+
+def format_errors(error: ValidationError, origin: str, text: str = "") -> str:
+    """One line per problem: origin, key path, line, what was expected and what was given."""
+    lines = []
+    for problem in error.errors():
+        loc = tuple(problem["loc"])
+        # discriminated unions add the tag to the path: drop it so the path is the user's key path
+        key = ".".join(str(part) for part in loc) or "(top level)"
+        line = _locate(text, loc) if text else None
+        where = f"{origin}:{line}" if line else origin
+        given = problem.get("input")
+        shown = "" if isinstance(given, dict) else f" (got {given!r})"
+        message = problem["msg"]
+        if problem["type"] == "extra_forbidden":
+            message = "unknown key; check its spelling and section"
+        lines.append(f"{where}: {key}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Mapping[str, Any], origin: str = "config", text: str = "") -> AgentConfig:
+    """Validates a config mapping; ConfigError lists every problem with its key path."""
+    try:
+        return AgentConfig.model_validate(dict(data))
+    except ValidationError as error:
+        raise ConfigError(format_errors(error, origin, text)) from None
+
+
+def read_toml(path: Path) -> tuple[dict[str, Any], str]:
+    """Reads a TOML file; ConfigError with the line for a syntax error."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as problem:
+        raise ConfigError(f"{path}: cannot read: {problem}") from None
+    try:
+        return tomllib.loads(text), text
+    except tomllib.TOMLDecodeError as problem:
+        raise ConfigError(f"{path}: not valid TOML: {problem}") from None
+
+
+def read_overrides(state_dir: Path) -> dict[str, Any]:
+    """The overrides set remotely, or nothing; a damaged file is reported, not fatal to loading."""
+    path = state_dir / OVERRIDES_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as problem:
+        raise ConfigError(
+            f"{path}: unreadable remote overrides ({problem}); remove the file to reset them"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: remote overrides must be a JSON object")
+    return data
+
+
+def load_config(
+    path: Path | None = None, environ: Mapping[str, str] | None = None, use_overrides: bool = True
+) -> AgentConfig:
+    """Defaults, then the TOML file (if given or present at the default path), the remote overrides, the environment."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    text, origin = "", "defaults"
+    if path is None and DEFAULT_CONFIG_PATH.exists():
+        path = DEFAULT_CONFIG_PATH
+    if path is not None:
+        data, text = read_toml(path)
+        origin = str(path)
+    file_config = parse_config(data, origin, text)
+    if use_overrides:
+        overrides = read_overrides(file_config.resolved_state_dir())
+        if overrides:
+            data = _deep_merge(data, overrides)
+            origin = f"{origin} + {file_config.resolved_state_dir() / OVERRIDES_NAME}"
+    env = _env_layer(environ)
+    if env:
+        data = _deep_merge(data, env)
+        origin = f"{origin} + environment ({ENV_PREFIX}*)"
+    return parse_config(data, origin, text)
+
+
+def apply_patch(config: AgentConfig, patch: Mapping[str, Any]) -> AgentConfig:
+    """The config with a partial patch merged in and validated (the `set-config` command)."""
+    merged = _deep_merge(config.model_dump(mode="json", exclude_none=True), patch)
+    return parse_config(merged, "set-config patch")
+
+
+def save_overrides(state_dir: Path, patch: Mapping[str, Any]) -> dict[str, Any]:
+    """Merges `patch` into the persisted remote overrides, atomically; returns the new overrides."""
+    current = read_overrides(state_dir)
+    merged = _deep_merge(current, patch)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(
+        state_dir / OVERRIDES_NAME, json.dumps(merged, indent=2, sort_keys=True).encode(), mode=0o600
+    )
+    return merged
+
+
+def default_bundle(state_dir: Path) -> Path:
+    """The model used when none is configured: the installed active model, else the bundled default."""
+    for active in sorted(state_dir.glob("models/*/active")):
+        if (active / "manifest.json").exists():
+            return active
+    return REPO_MODELS / DEFAULT_BUNDLE

@@ -1,0 +1,22 @@
+"""The real-time pipeline: single-slot mailbox, inference worker with hot model swap, result sinks, snapshots."""
+
+from agent.pipeline.loop import ActiveModel, InferenceLoop, LoopObserver, LoopSettings, bind_model, warm_up
+from agent.pipeline.mailbox import LatestMailbox
+from agent.pipeline.records import ResultRecord, StageTimes
+from agent.pipeline.sinks import CallbackSink, JsonLinesSink, Sink, ThreadedSink
+
+__all__ = [
+    "ActiveModel",
+    "CallbackSink",
+    "InferenceLoop",
+    "JsonLinesSink",
+    "LatestMailbox",
+    "LoopObserver",
+    "LoopSettings",
+    "ResultRecord",
+    "Sink",
+    "StageTimes",
+    "ThreadedSink",
+    "bind_model",
+    "warm_up",
+]

@@ -1,0 +1,255 @@
+"""The inference worker: takes the newest item from the mailbox, runs the active model, feeds observers and sinks.
+
+Invariants:
+- one worker thread; it always takes the newest item, so a slow model never works on stale frames;
+- the active model is swapped only between two items (`swap` waits for the item in flight), so the old model can be
+  closed as soon as `swap` returns and no result mixes two models;
+- an exception while handling one item is counted and reported, and the loop goes on with the next item;
+- `progress` increases once per handled item and `busy_s` tells how long the current item has been in flight: the
+  watchdog feeds systemd only while the loop moves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from agent.errors import AgentError, ModelError
+from agent.inference import Model
+from agent.pipeline.mailbox import LatestMailbox
+from agent.pipeline.records import ResultRecord, StageTimes
+from agent.pipeline.sinks import Sink
+from agent.sources.base import Item
+from agent.types import Array
+
+log = logging.getLogger("agent.pipeline")
+
+
+@dataclass(frozen=True)
+class ActiveModel:
+    """A loaded model and, for sensor windows, the source columns in the model's channel order."""
+
+    model: Model
+    columns: tuple[int, ...] | None = None
+
+    def adapt(self, item: Item) -> Array:
+        """The item's data as the model takes it (window columns picked and ordered)."""
+        if self.columns is None:
+            return item.data
+        return np.ascontiguousarray(item.data[:, self.columns])
+
+
+def bind_model(model: Model, kind: str, source_channels: Sequence[str] | None) -> ActiveModel:
+    """Checks that a model can take the source's items and maps window channels by name."""
+    wanted = model.input_kind
+    if wanted == "image" and kind != "frame":
+        raise ModelError(f"model {model.name} takes images but the source delivers sensor windows")
+    if wanted == "window":
+        if kind != "window":
+            raise ModelError(f"model {model.name} takes sensor windows but the source delivers frames")
+        channels = tuple(getattr(model.manifest.input, "channels", ()))
+        if source_channels is None:
+            return ActiveModel(model)
+        missing = [c for c in channels if c not in source_channels]
+        if missing:
+            raise ModelError(
+                f"model {model.name} needs sensor channels {missing} that the source does not have "
+                f"(source channels: {list(source_channels)})"
+            )
+        columns = tuple(list(source_channels).index(c) for c in channels)
+        identity = columns == tuple(range(len(source_channels)))
+        return ActiveModel(model, None if identity else columns)
+    return ActiveModel(model)
+
+
+class LoopObserver:
+    """Hooks the daemon gives the loop; the defaults do nothing."""
+
+    def on_record(self, record: ResultRecord) -> None:
+        """Called on the loop thread after each result, before the sinks (metrics, anomaly and drift monitors)."""
+
+    def on_error(self, item: Item, problem: Exception) -> None:
+        """Called on the loop thread when an item could not be handled."""
+
+    def on_idle(self) -> None:
+        """Called on the loop thread when no item came within the poll interval."""
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """Knobs of the worker."""
+
+    max_rate_hz: float | None = None
+    cpu_affinity: tuple[int, ...] | None = None
+    poll_s: float = 0.5
+
+
+class InferenceLoop:
+    """The worker thread and the hot-swap point."""
+
+    def __init__(
+        self,
+        active: ActiveModel,
+        mailbox: LatestMailbox[Item],
+        sinks: Sequence[Sink] = (),
+        observer: LoopObserver | None = None,
+        settings: LoopSettings | None = None,
+    ) -> None:
+        self._active = active
+        self._mailbox = mailbox
+        self._sinks: tuple[Sink, ...] = tuple(sinks)
+        self._observer = observer or LoopObserver()
+        self.settings = settings or LoopSettings()
+        self._swap_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._busy_since: float | None = None
+        self.progress = 0
+        self.errors = 0
+        self.last_error: str | None = None
+
+    @property
+    def active(self) -> ActiveModel:
+        """The model in service."""
+        return self._active
+
+    def start(self) -> None:
+        """Starts the worker thread."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 2.0) -> bool:
+        """Asks the worker to stop and waits up to `timeout_s`; False if it is still stuck in an invoke."""
+        self._stop.set()
+        self._mailbox.close()
+        if self._thread is None:
+            return True
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def set_sinks(self, sinks: Sequence[Sink]) -> tuple[Sink, ...]:
+        """Replaces the sinks between two items; returns the old ones for the caller to close."""
+        with self._swap_lock:
+            old, self._sinks = self._sinks, tuple(sinks)
+        return old
+
+    def swap(self, new: ActiveModel, timeout_s: float = 30.0) -> ActiveModel:
+        """Puts `new` in service after the item in flight; returns the model it replaced."""
+        if not self._swap_lock.acquire(timeout=timeout_s):
+            raise ModelError(
+                f"the loop did not finish the item in flight within {timeout_s:.0f} s; swap refused"
+            )
+        try:
+            old, self._active = self._active, new
+        finally:
+            self._swap_lock.release()
+        log.info("model %s v%d now in service", new.model.name, new.model.version)
+        return old
+
+    def busy_s(self, now: float | None = None) -> float:
+        """How long the item in flight has been in the model (0 when idle)."""
+        since = self._busy_since
+        if since is None:
+            return 0.0
+        return (now if now is not None else time.monotonic()) - since
+
+    def alive(self) -> bool:
+        """Whether the worker thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        if self.settings.cpu_affinity:
+            try:
+                os.sched_setaffinity(0, self.settings.cpu_affinity)
+            except (OSError, AttributeError, ValueError) as problem:
+                log.warning(
+                    "cannot pin the inference thread to CPUs %s: %s", self.settings.cpu_affinity, problem
+                )
+        interval = 1.0 / self.settings.max_rate_hz if self.settings.max_rate_hz else 0.0
+        next_start = 0.0
+        observer = self._observer
+        while not self._stop.is_set():
+            waited = time.perf_counter()
+            item = self._mailbox.get(self.settings.poll_s)
+            if item is None:
+                with contextlib.suppress(Exception):
+                    observer.on_idle()
+                continue
+            wait_s = time.perf_counter() - waited
+            with self._swap_lock:
+                self._handle(item, wait_s)
+            if interval:
+                now = time.monotonic()
+                next_start = max(next_start + interval, now) if next_start else now + interval
+                delay = next_start - now
+                if delay > 0 and self._stop.wait(delay):
+                    break
+
+    def _handle(self, item: Item, wait_s: float) -> None:
+        active = self._active
+        model = active.model
+        self._busy_since = time.monotonic()
+        try:
+            t0 = time.perf_counter()
+            prepared = model.prepare(active.adapt(item))
+            t1 = time.perf_counter()
+            raw = model.invoke(prepared.tensor)
+            t2 = time.perf_counter()
+            result = model.decode(raw, prepared)
+            t3 = time.perf_counter()
+        except Exception as problem:
+            self._busy_since = None
+            self.progress += 1
+            self.errors += 1
+            self.last_error = (
+                str(problem) if isinstance(problem, AgentError) else f"{type(problem).__name__}: {problem}"
+            )
+            if self.errors == 1 or self.errors % 100 == 0:
+                log.warning("item %d failed (%d errors so far): %s", item.seq, self.errors, self.last_error)
+            with contextlib.suppress(Exception):
+                self._observer.on_error(item, problem)
+            return
+        self._busy_since = None
+        record = ResultRecord(
+            item=item,
+            result=result,
+            model_name=model.name,
+            model_version=model.version,
+            times=StageTimes(wait_s, t1 - t0, t2 - t1, t3 - t2),
+            age_s=time.monotonic() - item.captured_mono,
+        )
+        self.progress += 1
+        try:
+            self._observer.on_record(record)
+        except Exception as problem:  # a monitor bug must not stop inference
+            log.warning("observer failed on item %d: %s", item.seq, problem)
+        for sink in self._sinks:
+            try:
+                sink.emit(record)
+            except Exception as problem:
+                log.warning("sink %s failed: %s", getattr(sink, "name", sink), problem)
+
+
+def warm_up(model: Model, runs: int, sample: Array | None = None) -> float:
+    """Runs the model `runs` times on a sample (or a synthetic stand-in) off the hot path; returns mean seconds."""
+    from agent.inference.inputs import synthetic_input
+
+    if runs <= 0:
+        return 0.0
+    data = (
+        sample
+        if sample is not None
+        else synthetic_input(model.manifest.input, tuple(model.backend.inputs[0].shape))
+    )
+    start = time.perf_counter()
+    for _ in range(runs):
+        model.infer(data)
+    return (time.perf_counter() - start) / runs
