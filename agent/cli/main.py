@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from agent import __version__
-from agent.cli import inference, model_cmd
+from agent.cli import daemon_cmd, inference, model_cmd
 from agent.cli.render import error
 from agent.errors import AgentError
 
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    daemon_cmd.add_parsers(sub)
     inference.add_parsers(sub)
     model_cmd.add_parsers(sub)
     return parser

@@ -1,0 +1,188 @@
+"""`edge-agent run`, `edge-agent status` and `edge-agent config validate|show`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from rich.console import Group
+from rich.live import Live
+from rich.table import Table
+
+from agent.cli.render import console, print_json, table
+from agent.config import AgentConfig, load_config
+from agent.daemon.control import request
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Registers `run`, `status` and `config`."""
+    run = sub.add_parser("run", help="run the daemon: source, model, monitors, fleet link")
+    run.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="agent.toml (default: /etc/edge-agent/agent.toml if present)",
+    )
+    run.add_argument("--live", action="store_true", help="show live figures on the terminal")
+    run.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    run.set_defaults(handler=run_daemon)
+
+    status = sub.add_parser("status", help="ask the running daemon what it is doing")
+    status.add_argument("--config", type=Path, default=None, help="agent.toml, to find the control socket")
+    status.add_argument(
+        "--socket", type=Path, default=None, help="control socket path (overrides the config)"
+    )
+    status.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    status.set_defaults(handler=run_status)
+
+    config = sub.add_parser("config", help="check or show the configuration")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    validate = config_sub.add_parser(
+        "validate", help="check a config file; every error with its key path and line"
+    )
+    validate.add_argument("file", type=Path)
+    validate.set_defaults(handler=run_validate)
+    show = config_sub.add_parser(
+        "show", help="print the effective config (defaults, file, overrides, environment)"
+    )
+    show.add_argument("--config", type=Path, default=None)
+    show.set_defaults(handler=run_show)
+
+
+def run_daemon(args: argparse.Namespace) -> int:
+    """Runs the daemon in the foreground until SIGTERM/SIGINT (or --duration)."""
+    from agent.daemon.app import Daemon
+
+    config = load_config(args.config)
+    _setup_logging(config, args)
+    daemon = Daemon(config, args.config)
+    if not args.live:
+        return daemon.run(args.duration)
+    out = console()
+    with Live(Group(), console=out, refresh_per_second=2, transient=False) as live:
+        return daemon.run(args.duration, on_tick=lambda d: live.update(render_status(d.status())))
+
+
+def _setup_logging(config: AgentConfig, args: argparse.Namespace) -> None:
+    level = logging.DEBUG if getattr(args, "verbose", False) else getattr(logging, config.log_level.upper())
+    root = logging.getLogger()
+    root.setLevel(level)
+    if args.live:
+        from rich.logging import RichHandler
+
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        root.addHandler(RichHandler(console=console(), show_path=False, level=level))
+    else:
+        for handler in root.handlers:
+            handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """Prints the running daemon's status."""
+    socket_path = args.socket if args.socket is not None else load_config(args.config).resolved_socket()
+    data = request(socket_path, "status")
+    if args.json:
+        print_json(data)
+    else:
+        console().print(render_status(data))
+    return 0
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    """Checks one config file."""
+    config = load_config(args.file, environ={}, use_overrides=False)
+    console().print(
+        f"{args.file}: valid (source {config.source.type}, link {'on' if config.link.enabled else 'off'})"
+    )
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    """Prints the effective config as JSON (secrets hidden)."""
+    print_json(load_config(args.config).public_dict())
+    return 0
+
+
+def _ms(stage: dict[str, Any] | None, key: str) -> Any:
+    return None if not stage else stage.get(key)
+
+
+def render_status(data: dict[str, Any]) -> Group:
+    """The status as a few compact tables."""
+    agent, model = data.get("agent", {}), data.get("model") or {}
+    metrics = data.get("metrics") or {}
+    header = Table.grid(padding=(0, 2))
+    header.add_row(
+        f"[bold]edge-agent {agent.get('version', '?')}[/] on {agent.get('device', '?')}",
+        f"up {agent.get('uptime_s', 0):.0f} s",
+        f"model [bold]{model.get('name', '-')}[/] v{model.get('version', '-')} ({model.get('runtime', '-')}, {model.get('task', '-')})",
+    )
+    counters = metrics.get("counters", {})
+    rates = metrics.get("rates", {})
+    overview = table(
+        None,
+        ["frames in/s", "inferences/s", "processed", "dropped", "errors", "frame age p50 ms", "p99 ms"],
+        [
+            [
+                rates.get("in_per_s", 0.0),
+                rates.get("processed_per_s", 0.0),
+                counters.get("processed", 0),
+                counters.get("dropped", 0),
+                counters.get("errors", 0),
+                _ms(metrics.get("frame_age_ms"), "p50"),
+                _ms(metrics.get("frame_age_ms"), "p99"),
+            ]
+        ],
+    )
+    stages = metrics.get("stages_ms", {})
+    stage_rows = [
+        [name, s.get("p50"), s.get("p95"), s.get("p99"), s.get("count")]
+        for name, s in stages.items()
+        if s.get("count")
+    ]
+    stage_table = table(
+        "latency (ms)", ["stage", "p50", "p95", "p99", "count"], stage_rows or [["-", None, None, None, 0]]
+    )
+    source_rows = [
+        [
+            s.get("name"),
+            s.get("type"),
+            s.get("state"),
+            s.get("items"),
+            s.get("rate_per_s"),
+            s.get("reconnects"),
+            s.get("last_error") or "",
+        ]
+        for s in data.get("sources", [])
+    ]
+    sources = table(
+        "sources",
+        ["name", "type", "state", "items", "items/s", "reconnects", "last error"],
+        source_rows or [["-"] * 7],
+    )
+    system = data.get("system") or {}
+    link = data.get("link") or {}
+    sys_table = table(
+        None,
+        ["CPU %", "RSS MB", "temp °C", "CPU MHz", "disk free MB", "link", "outbox"],
+        [
+            [
+                system.get("process_cpu_percent"),
+                system.get("rss_mb"),
+                system.get("temperature_c"),
+                system.get("cpu_freq_mhz"),
+                system.get("disk_free_mb"),
+                link.get("state", "off") if link.get("enabled", True) else "off",
+                link.get("outbox_depth", ""),
+            ]
+        ],
+    )
+    event_rows = [[e.get("type"), e.get("severity"), e.get("message")] for e in data.get("events", [])[-6:]]
+    events = table("recent events", ["type", "severity", "message"], event_rows or [["-", "-", "none"]])
+    return Group(header, overview, stage_table, sources, sys_table, events)
+
+
+__all__ = ["add_parsers", "render_status"]

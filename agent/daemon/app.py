@@ -1,0 +1,439 @@
+"""The daemon: wires source -> mailbox -> inference loop -> monitors and sinks -> fleet link, and runs their life cycle.
+
+Invariants:
+- the main thread only supervises: it handles signals (SIGTERM/SIGINT stop, SIGHUP reload), refreshes the system
+  sample and the systemd status, publishes telemetry, and applies reloads and pipeline restarts between two ticks;
+- a bad input, a failing source, a broken broker or a bad reload is reported (an event, a log line) and survived;
+- stop takes at most ~2 s: each part is asked to stop, then joined with a timeout;
+- the model is swapped only through `swap_model`, which keeps the previous one to restore at once (the OTA trial).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.config import AgentConfig, default_bundle, load_config
+from agent.daemon.control import ControlServer
+from agent.daemon.events import AgentEvent, EventLog
+from agent.daemon.fleet import FleetLink
+from agent.daemon.observer import Monitors
+from agent.errors import AgentError, ConfigError, ModelError
+from agent.inference import Model
+from agent.pipeline import (
+    ActiveModel,
+    InferenceLoop,
+    JsonLinesSink,
+    LatestMailbox,
+    LoopSettings,
+    Sink,
+    bind_model,
+)
+from agent.pipeline.loop import warm_up
+from agent.platform.sdnotify import Notifier, Watchdog
+from agent.platform.system import SystemProbe
+from agent.sources import Item, SourceRunner, SourceStatus, open_source
+
+log = logging.getLogger("agent.daemon")
+
+TICK_S = 0.5
+
+
+class Daemon:
+    """One running agent."""
+
+    def __init__(self, config: AgentConfig, config_path: Path | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.state_dir = config.resolved_state_dir()
+        self.device_id = config.device.resolved_id()
+        self.events = EventLog(config.monitor.recent_events)
+        self.started_at = time.time()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._restart = threading.Event()
+        self._lock = threading.RLock()
+        self.notifier = Notifier()
+        self.system = SystemProbe(disk_path=self.state_dir)
+        self._system_sample: dict[str, Any] = {}
+        self._active: ActiveModel | None = None
+        self._previous: ActiveModel | None = None
+        self._mailbox: LatestMailbox[Item] | None = None
+        self._loop: InferenceLoop | None = None
+        self._runner: SourceRunner | None = None
+        self._sinks: list[Sink] = []
+        self.monitors: Monitors | None = None
+        self.link: FleetLink | None = None
+        self._control: ControlServer | None = None
+        self._watchdog: Watchdog | None = None
+        self.exit_code = 0
+
+    # ------------------------------------------------------------------ life cycle
+
+    def start(self) -> None:
+        """Loads the model, starts the pipeline, the control socket, the fleet link and the watchdog."""
+        self._prepare_state_dir()
+        model = self._load(self._bundle_path(self.config))
+        self._active = bind_model(model, self._source_kind(), self._source_channels())
+        self._start_pipeline()
+        self._control = ControlServer(
+            self.config.resolved_socket(), {"status": lambda _: self.status(), "ping": lambda _: "pong"}
+        )
+        try:
+            self._control.start()
+        except AgentError as problem:
+            self._control = None
+            self.report("error", "warning", f"no local control socket: {problem}")
+        self.link = FleetLink(self)
+        self.link.start()
+        loop = self._loop
+        assert loop is not None
+        self._watchdog = Watchdog(
+            self.notifier,
+            progress=lambda: self._loop.progress if self._loop else 0,
+            healthy=self._healthy,
+        )
+        self._watchdog.start()
+        self.report(
+            "model", "info", f"model {model.name} v{model.version} in service", self._model_evidence(model)
+        )
+        self.notifier.ready(self._status_line())
+
+    def run(self, duration_s: float | None = None, on_tick: Any = None) -> int:
+        """Starts, supervises until a stop signal (or `duration_s`), then stops. Returns the exit status."""
+        self._install_signals()
+        self.start()
+        deadline = time.monotonic() + duration_s if duration_s else None
+        next_system = 0.0
+        try:
+            while not self._stop.wait(TICK_S):
+                now = time.monotonic()
+                if now >= next_system:
+                    self._system_sample = self.system.sample()
+                    next_system = now + self.config.monitor.system_interval_s
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self.reload()
+                if self._restart.is_set():
+                    self._restart.clear()
+                    self.restart_pipeline()
+                if self.link is not None:
+                    self.link.tick(now)
+                self.notifier.status(self._status_line())
+                if on_tick is not None:
+                    on_tick(self)
+                if deadline is not None and now >= deadline:
+                    break
+        finally:
+            self.stop()
+        return self.exit_code
+
+    def request_stop(self) -> None:
+        """Asks the daemon to stop (signal-safe)."""
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        """Asks the daemon to reload its config (signal-safe)."""
+        self._reload.set()
+
+    def request_restart(self) -> None:
+        """Asks for a pipeline restart (the `restart-pipeline` command)."""
+        self._restart.set()
+
+    def stop(self) -> None:
+        """Stops every part, each within its own timeout."""
+        self.notifier.stopping()
+        if self._watchdog is not None:
+            self._watchdog.stop()
+        self._stop_pipeline()
+        if self.link is not None:
+            self.link.stop()
+        if self._control is not None:
+            self._control.stop()
+        with self._lock:
+            for active in (self._active, self._previous):
+                if active is not None:
+                    active.model.close()
+            self._active = self._previous = None
+        log.info("stopped")
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
+        signal.signal(signal.SIGINT, lambda *_: self.request_stop())
+        signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+
+    def _prepare_state_dir(self) -> None:
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as problem:
+            raise ConfigError(
+                f"state directory {self.state_dir} is not writable ({problem.strerror}); set state_dir in the config"
+            ) from None
+
+    # ------------------------------------------------------------------ pipeline
+
+    def _source_kind(self, config: AgentConfig | None = None) -> str:
+        return "window" if getattr((config or self.config).source, "window", None) else "frame"
+
+    def _source_channels(self, config: AgentConfig | None = None) -> tuple[str, ...] | None:
+        channels = getattr((config or self.config).source, "channels", None)
+        return tuple(channels) if channels else None
+
+    def _start_pipeline(self) -> None:
+        config = self.config
+        assert self._active is not None
+        self._mailbox = LatestMailbox()
+        self.monitors = Monitors(self, self._active)
+        self._sinks = self._make_sinks(config)
+        self._loop = InferenceLoop(
+            self._active,
+            self._mailbox,
+            sinks=[*self._sinks, *self._link_sinks()],
+            observer=self.monitors,
+            settings=LoopSettings(
+                max_rate_hz=config.pipeline.max_rate_hz,
+                cpu_affinity=config.pipeline.cpu_affinity,
+            ),
+        )
+        self._loop.start()
+        source = open_source(config.source)
+        self._runner = SourceRunner(source, config.source, self._mailbox.put, on_state=self._on_source_state)
+        self._runner.start()
+
+    def _stop_pipeline(self) -> None:
+        if self._runner is not None:
+            self._runner.stop()
+        if self._loop is not None and not self._loop.stop(1.5):
+            log.warning("the inference thread is stuck in an invoke; leaving it behind")
+        for sink in self._sinks:
+            try:
+                sink.close()
+            except Exception as problem:
+                log.warning("closing sink %s: %s", sink.name, problem)
+        self._sinks = []
+
+    def restart_pipeline(self) -> None:
+        """Stops and starts the source and the worker with the current config (model kept)."""
+        with self._lock:
+            self._stop_pipeline()
+            self._start_pipeline()
+        self.report("source", "info", "pipeline restarted")
+
+    def _make_sinks(self, config: AgentConfig) -> list[Sink]:
+        sinks: list[Sink] = []
+        if config.sinks.jsonl.enabled:
+            sinks.append(JsonLinesSink(config.sinks.jsonl.path, config.sinks.jsonl.every_n))
+        return sinks
+
+    def _link_sinks(self) -> list[Sink]:
+        return self.link.sinks() if self.link is not None else []
+
+    def _on_source_state(self, status: SourceStatus) -> None:
+        severity = "info" if status.state.value in ("connected", "connecting") else "warning"
+        if status.state.value == "failed":
+            severity = "error"
+        message = f"source {status.name}: {status.state.value}"
+        if status.last_error and severity != "info":
+            message += f" ({status.last_error})"
+        self.report("source", severity, message, {"source": status.name, "state": status.state.value})
+
+    def _healthy(self) -> bool:
+        """False only when an invoke hangs: an idle loop behind a stalled source is healthy."""
+        loop = self._loop
+        if loop is None or not loop.alive():
+            return False
+        return loop.busy_s() < self.config.pipeline.hang_timeout_s
+
+    # ------------------------------------------------------------------ models
+
+    def _bundle_path(self, config: AgentConfig) -> Path:
+        return config.model.bundle if config.model.bundle is not None else default_bundle(self.state_dir)
+
+    def _load(self, bundle: Path, config: AgentConfig | None = None) -> Model:
+        config = config or self.config
+        model = Model.load(bundle, config.model.runtime, verify=config.model.verify)
+        try:
+            warm_up(model, config.model.warmup_runs)
+        except Exception as problem:
+            model.close()
+            raise ModelError(
+                f"model {model.name} v{model.version} fails on a warm-up input: {problem}"
+            ) from None
+        return model
+
+    def load_candidate(self, bundle: Path) -> ActiveModel:
+        """Loads, checks and warms up a model off the hot path, bound to the current source."""
+        model = self._load(bundle)
+        try:
+            return bind_model(model, self._source_kind(), self._source_channels())
+        except ModelError:
+            model.close()
+            raise
+
+    def swap_model(self, candidate: ActiveModel) -> None:
+        """Puts a loaded candidate in service between two items; the replaced model is kept for `restore_previous`."""
+        with self._lock:
+            loop = self._loop
+            assert loop is not None
+            old = loop.swap(candidate)
+            if self._previous is not None and self._previous is not old:
+                self._previous.model.close()
+            self._previous, self._active = old, candidate
+            if self.monitors is not None:
+                self.monitors.rebind(candidate)
+        model = candidate.model
+        self.report(
+            "model", "info", f"model {model.name} v{model.version} in service", self._model_evidence(model)
+        )
+
+    def restore_previous(self) -> bool:
+        """Puts the model that the last swap replaced back in service at once; False if there is none."""
+        with self._lock:
+            previous = self._previous
+            if previous is None or self._loop is None:
+                return False
+            current = self._loop.swap(previous)
+            self._active, self._previous = previous, None
+            current.model.close()
+            if self.monitors is not None:
+                self.monitors.rebind(previous)
+        self.report("model", "warning", f"restored model {previous.model.name} v{previous.model.version}")
+        return True
+
+    @staticmethod
+    def _model_evidence(model: Model) -> dict[str, Any]:
+        return {
+            "name": model.name,
+            "version": model.version,
+            "runtime": model.manifest.runtime,
+            "bundle": str(model.bundle.folder),
+        }
+
+    # ------------------------------------------------------------------ reload
+
+    def reload(self) -> None:
+        """Re-reads the config (SIGHUP); applies what changed, or keeps the running config if the new one is bad."""
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as problem:
+            self.report("error", "error", f"config reload refused, keeping the running config: {problem}")
+            self.notifier.ready(self._status_line())
+            return
+        old, changed = self.config, _changed_sections(self.config, new)
+        if not changed:
+            log.info("config reloaded: nothing changed")
+            self.notifier.ready(self._status_line())
+            return
+        try:
+            self.apply_config(new)
+        except AgentError as problem:
+            self.config = old
+            self.report("error", "error", f"config reload failed, keeping the running config: {problem}")
+        self.notifier.ready(self._status_line())
+
+    def apply_config(self, new: AgentConfig) -> list[str]:
+        """Applies a new config live where it can; returns the sections that changed."""
+        changed = _changed_sections(self.config, new)
+        with self._lock:
+            old = self.config
+            if "log_level" in changed:
+                logging.getLogger().setLevel(new.log_level.upper())
+            if "model" in changed or (
+                "source" in changed and self._source_kind(new) != self._source_kind(old)
+            ):
+                model = self._load(self._bundle_path(new), new)
+                candidate = bind_model(model, self._source_kind(new), self._source_channels(new))
+            else:
+                candidate = None
+            self.config = new
+            if candidate is not None:
+                self._stop_pipeline()
+                if self._active is not None:
+                    self._active.model.close()
+                self._active = candidate
+                self._start_pipeline()
+            elif {"source", "pipeline", "monitor"} & set(changed):
+                self._stop_pipeline()
+                if "source" in changed and self._active is not None:
+                    self._active = bind_model(
+                        self._active.model, self._source_kind(new), self._source_channels(new)
+                    )
+                self._start_pipeline()
+            elif "sinks" in changed and self._loop is not None:
+                for sink in self._loop.set_sinks([*self._make_sinks(new), *self._link_sinks()]):
+                    if sink not in self._link_sinks():
+                        sink.close()
+            if self.link is not None and {"link", "outbox", "device"} & set(changed):
+                self.link.restart()
+                if self._loop is not None:
+                    self._loop.set_sinks([*self._sinks, *self._link_sinks()])
+        self.report(
+            "model" if "model" in changed else "source",
+            "info",
+            f"config applied: {', '.join(changed)} changed",
+        )
+        return changed
+
+    # ------------------------------------------------------------------ reports
+
+    def report(
+        self,
+        kind: str,
+        severity: str,
+        message: str,
+        evidence: dict[str, Any] | None = None,
+        snapshot: str | None = None,
+    ) -> AgentEvent:
+        """Records an event (logged, kept for status, sent to the fleet)."""
+        event = AgentEvent(kind, severity, message, evidence or {}, snapshot)  # type: ignore[arg-type]
+        return self.events.emit(event)
+
+    def _status_line(self) -> str:
+        loop, active = self._loop, self._active
+        if loop is None or active is None:
+            return "starting"
+        source = self._runner.status().state.value if self._runner else "none"
+        rate = self.monitors.rate() if self.monitors else 0.0
+        return f"{active.model.name} v{active.model.version}: {rate:.1f} inferences/s, source {source}"
+
+    def status(self) -> dict[str, Any]:
+        """Everything `edge-agent status` shows, JSON-ready."""
+        active, loop = self._active, self._loop
+        model: dict[str, Any] | None = None
+        if active is not None:
+            model = {**self._model_evidence(active.model), "task": active.model.manifest.task}
+        return {
+            "agent": {
+                "version": __version__,
+                "device": self.device_id,
+                "uptime_s": round(time.time() - self.started_at, 1),
+                "state_dir": str(self.state_dir),
+            },
+            "model": model,
+            "previous_model": self._model_evidence(self._previous.model) if self._previous else None,
+            "sources": [self._runner.status().to_dict()] if self._runner else [],
+            "loop": {
+                "alive": loop.alive() if loop else False,
+                "errors": loop.errors if loop else 0,
+                "last_error": loop.last_error if loop else None,
+                "busy_s": round(loop.busy_s(), 3) if loop else 0.0,
+            },
+            "metrics": self.monitors.snapshot() if self.monitors else {},
+            "system": self._system_sample,
+            "link": self.link.status() if self.link else {"enabled": False},
+            "events": self.events.recent(10),
+            "event_counts": dict(self.events.counts),
+        }
+
+
+def _changed_sections(old: AgentConfig, new: AgentConfig) -> list[str]:
+    before, after = old.model_dump(), new.model_dump()
+    return [key for key in after if before.get(key) != after.get(key)]
