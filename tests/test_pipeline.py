@@ -19,6 +19,7 @@ from agent.pipeline import (
     LoopObserver,
     LoopSettings,
     ResultRecord,
+    Staged,
     bind_model,
 )
 from agent.sources.base import Item
@@ -71,13 +72,13 @@ def test_mailbox_get_wakes_when_closed():
 
 def test_slow_model_always_takes_the_newest_frame_and_never_builds_a_queue(scene):
     model = Model.load(MODELS / "digits-det-onnx")
-    box: LatestMailbox[Item] = LatestMailbox()
+    box: LatestMailbox[Staged] = LatestMailbox()
     seen = Collector()
     loop = InferenceLoop(ActiveModel(model), box, observer=seen)
     loop.start()
     try:
         for seq in range(2000):  # far faster than the model
-            box.put(frame_item(scene, seq))
+            loop.deliver(frame_item(scene, seq))
         wait_until(lambda: box.put_count == box.dropped + len(seen.records))
     finally:
         assert loop.stop()
@@ -89,14 +90,14 @@ def test_slow_model_always_takes_the_newest_frame_and_never_builds_a_queue(scene
 
 def test_hot_swap_under_load_loses_no_more_than_the_frame_in_flight(scene):
     first, second = Model.load(MODELS / "digits-det-tflite"), Model.load(MODELS / "digits-det-onnx")
-    box: LatestMailbox[Item] = LatestMailbox()
+    box: LatestMailbox[Staged] = LatestMailbox()
     seen = Collector()
     loop = InferenceLoop(ActiveModel(first), box, observer=seen)
     loop.start()
     swaps, produced = 0, 0
     try:
         for seq in range(300):
-            box.put(frame_item(scene, seq))
+            loop.deliver(frame_item(scene, seq))
             produced += 1
             time.sleep(0.004)  # a 250 fps source: slower than the model, so only a swap could lose a frame
             if seq % 30 == 15:
@@ -124,14 +125,14 @@ def test_swap_returns_the_old_model_which_can_be_restored_at_once(scene):
 
 def test_a_bad_item_is_counted_and_the_loop_goes_on():
     model = Model.load(MODELS / "motion-cls-tflite")
-    box: LatestMailbox[Item] = LatestMailbox()
+    box: LatestMailbox[Staged] = LatestMailbox()
     seen = Collector()
     loop = InferenceLoop(bind_model(model, "window", None), box, observer=seen)
     loop.start()
     try:
-        box.put(Item(np.zeros((7, 2), np.float32), 0, time.time(), time.monotonic(), "window"))
+        loop.deliver(Item(np.zeros((7, 2), np.float32), 0, time.time(), time.monotonic(), "window"))
         wait_until(lambda: loop.progress == 1)
-        box.put(Item(np.zeros((50, 6), np.float32), 1, time.time(), time.monotonic(), "window"))
+        loop.deliver(Item(np.zeros((50, 6), np.float32), 1, time.time(), time.monotonic(), "window"))
         wait_until(lambda: loop.progress == 2)
     finally:
         assert loop.stop()
@@ -142,7 +143,7 @@ def test_a_bad_item_is_counted_and_the_loop_goes_on():
 def test_window_channels_are_matched_by_name_whatever_the_source_order():
     model = Model.load(MODELS / "motion-cls-tflite")
     channels = list(model.manifest.input.channels)  # type: ignore[union-attr]
-    reordered = list(reversed(channels)) + ["extra"]
+    reordered = [*list(reversed(channels)), "extra"]
     active = bind_model(model, "window", reordered)
     window = np.random.default_rng(0).standard_normal((50, 6)).astype(np.float32)
     source_window = np.concatenate([window[:, ::-1], np.zeros((50, 1), np.float32)], axis=1)
@@ -161,7 +162,7 @@ def test_a_model_that_does_not_fit_the_source_is_refused():
 
 def test_max_rate_duty_cycles_the_worker(scene):
     model = Model.load(MODELS / "digits-cls-tflite")
-    box: LatestMailbox[Item] = LatestMailbox()
+    box: LatestMailbox[Staged] = LatestMailbox()
     seen = Collector()
     loop = InferenceLoop(ActiveModel(model), box, observer=seen, settings=LoopSettings(max_rate_hz=20))
     stop = threading.Event()
@@ -169,7 +170,7 @@ def test_max_rate_duty_cycles_the_worker(scene):
     def produce() -> None:
         seq = 0
         while not stop.is_set():
-            box.put(frame_item(scene, seq))
+            loop.deliver(frame_item(scene, seq))
             seq += 1
             time.sleep(0.002)
 

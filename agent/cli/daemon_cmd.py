@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 
 from agent.cli.render import console, print_json, table
-from agent.config import AgentConfig, load_config
-from agent.daemon.control import request
+
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,6 +54,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 def run_daemon(args: argparse.Namespace) -> int:
     """Runs the daemon in the foreground until SIGTERM/SIGINT (or --duration)."""
+    from agent.config import load_config
     from agent.daemon.app import Daemon
 
     config = load_config(args.config)
@@ -82,7 +84,11 @@ def _setup_logging(config: AgentConfig, args: argparse.Namespace) -> None:
 
 def run_status(args: argparse.Namespace) -> int:
     """Prints the running daemon's status."""
+    from agent.config import load_config
+
     socket_path = args.socket if args.socket is not None else load_config(args.config).resolved_socket()
+    from agent.daemon.control import request
+
     data = request(socket_path, "status")
     if args.json:
         print_json(data)
@@ -93,6 +99,8 @@ def run_status(args: argparse.Namespace) -> int:
 
 def run_validate(args: argparse.Namespace) -> int:
     """Checks one config file."""
+    from agent.config import load_config
+
     config = load_config(args.file, environ={}, use_overrides=False)
     console().print(
         f"{args.file}: valid (source {config.source.type}, link {'on' if config.link.enabled else 'off'})"
@@ -102,6 +110,8 @@ def run_validate(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     """Prints the effective config as JSON (secrets hidden)."""
+    from agent.config import load_config
+
     print_json(load_config(args.config).public_dict())
     return 0
 

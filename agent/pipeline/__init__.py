@@ -2,7 +2,7 @@
 
 from agent.pipeline.loop import ActiveModel, InferenceLoop, LoopObserver, LoopSettings, bind_model, warm_up
 from agent.pipeline.mailbox import LatestMailbox
-from agent.pipeline.records import ResultRecord, StageTimes
+from agent.pipeline.records import ResultRecord, Staged, StageTimes
 from agent.pipeline.sinks import CallbackSink, JsonLinesSink, Sink, ThreadedSink
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "ResultRecord",
     "Sink",
     "StageTimes",
+    "Staged",
     "ThreadedSink",
     "bind_model",
     "warm_up",

@@ -5,6 +5,10 @@ Invariants:
 - the active model is swapped only between two items (`swap` waits for the item in flight), so the old model can be
   closed as soon as `swap` returns and no result mixes two models;
 - an exception while handling one item is counted and reported, and the loop goes on with the next item;
+- pre-processing runs on the capture thread (`deliver`) when `stage_on_capture` is set, overlapping with the invoke
+  of the previous item (OpenCV, numpy and the runtimes release the GIL); the pre-processor's reusable buffers are
+  guarded by one lock and the staged tensor is copied out, so the worker never reads a buffer being rewritten. An item
+  staged for a model that was swapped out meanwhile is pre-processed again by the worker;
 - `progress` increases once per handled item and `busy_s` tells how long the current item has been in flight: the
   watchdog feeds systemd only while the loop moves.
 """
@@ -22,9 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.errors import AgentError, ModelError
-from agent.inference import Model
+from agent.inference import Model, Prepared
 from agent.pipeline.mailbox import LatestMailbox
-from agent.pipeline.records import ResultRecord, StageTimes
+from agent.pipeline.records import ResultRecord, Staged, StageTimes
 from agent.pipeline.sinks import Sink
 from agent.sources.base import Item
 from agent.types import Array
@@ -89,6 +93,7 @@ class LoopSettings:
     max_rate_hz: float | None = None
     cpu_affinity: tuple[int, ...] | None = None
     poll_s: float = 0.5
+    stage_on_capture: bool = True
 
 
 class InferenceLoop:
@@ -97,7 +102,7 @@ class InferenceLoop:
     def __init__(
         self,
         active: ActiveModel,
-        mailbox: LatestMailbox[Item],
+        mailbox: LatestMailbox[Staged],
         sinks: Sequence[Sink] = (),
         observer: LoopObserver | None = None,
         settings: LoopSettings | None = None,
@@ -108,6 +113,7 @@ class InferenceLoop:
         self._observer = observer or LoopObserver()
         self.settings = settings or LoopSettings()
         self._swap_lock = threading.Lock()
+        self._prepare_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._busy_since: float | None = None
@@ -154,6 +160,28 @@ class InferenceLoop:
         log.info("model %s v%d now in service", new.model.name, new.model.version)
         return old
 
+    def deliver(self, item: Item) -> None:
+        """Takes an item from a capture thread: pre-processes it there (when staging is on) and posts it."""
+        if not self.settings.stage_on_capture:
+            self._mailbox.put(Staged(item))
+            return
+        active = self._active
+        try:
+            start = time.perf_counter()
+            prepared = self._prepare(active, item)
+            self._mailbox.put(Staged(item, prepared, active, time.perf_counter() - start))
+        except Exception:  # the worker prepares it again and reports the error there, with the others
+            self._mailbox.put(Staged(item))
+
+    def _prepare(self, active: ActiveModel, item: Item) -> Prepared:
+        with self._prepare_lock:
+            prepared = active.model.prepare(active.adapt(item))
+            return (
+                Prepared(prepared.tensor.copy(), prepared.frame_map)
+                if self.settings.stage_on_capture
+                else prepared
+            )
+
     def busy_s(self, now: float | None = None) -> float:
         """How long the item in flight has been in the model (0 when idle)."""
         since = self._busy_since
@@ -178,14 +206,14 @@ class InferenceLoop:
         observer = self._observer
         while not self._stop.is_set():
             waited = time.perf_counter()
-            item = self._mailbox.get(self.settings.poll_s)
-            if item is None:
+            staged = self._mailbox.get(self.settings.poll_s)
+            if staged is None:
                 with contextlib.suppress(Exception):
                     observer.on_idle()
                 continue
             wait_s = time.perf_counter() - waited
             with self._swap_lock:
-                self._handle(item, wait_s)
+                self._handle(staged, wait_s)
             if interval:
                 now = time.monotonic()
                 next_start = max(next_start + interval, now) if next_start else now + interval
@@ -193,14 +221,18 @@ class InferenceLoop:
                 if delay > 0 and self._stop.wait(delay):
                     break
 
-    def _handle(self, item: Item, wait_s: float) -> None:
-        active = self._active
+    def _handle(self, staged: Staged, wait_s: float) -> None:
+        active, item = self._active, staged.item
         model = active.model
         self._busy_since = time.monotonic()
         try:
-            t0 = time.perf_counter()
-            prepared = model.prepare(active.adapt(item))
             t1 = time.perf_counter()
+            prepared = staged.prepared
+            if prepared is None or staged.active is not active:
+                prepared = self._prepare(active, item)
+                t0, t1 = t1, time.perf_counter()
+            else:
+                t0 = t1 - staged.preprocess_s
             raw = model.invoke(prepared.tensor)
             t2 = time.perf_counter()
             result = model.decode(raw, prepared)

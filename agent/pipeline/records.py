@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.inference import Result
+from agent.inference import Prepared, Result
 from agent.sources.base import Item
+
+if TYPE_CHECKING:
+    from agent.pipeline.loop import ActiveModel
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """An item on its way to the worker, pre-processed on the capture thread for `active` when `prepared` is set."""
+
+    item: Item
+    prepared: Prepared | None = None
+    active: ActiveModel | None = None
+    preprocess_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
