@@ -95,6 +95,11 @@ class PipelineConfig(Section):
     cpu_affinity: tuple[int, ...] | None = Field(
         None, description="CPUs the inference thread may run on, e.g. [2, 3]; None: any."
     )
+    preprocess_on_capture: bool = Field(
+        True,
+        description="Pre-process each frame on the capture thread, overlapping the previous invoke (faster on "
+        "multi-core devices; on a single core, false saves the work spent on frames that are then dropped).",
+    )
     hang_timeout_s: float = Field(
         15.0,
         gt=0,

@@ -116,8 +116,16 @@ def run_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ms(stage: dict[str, Any] | None, key: str) -> Any:
-    return None if not stage else stage.get(key)
+def _get(data: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
+def _mb(value: Any) -> float | None:
+    return round(value / 1e6, 1) if isinstance(value, int | float) else None
 
 
 def render_status(data: dict[str, Any]) -> Group:
@@ -128,13 +136,24 @@ def render_status(data: dict[str, Any]) -> Group:
     header.add_row(
         f"[bold]edge-agent {agent.get('version', '?')}[/] on {agent.get('device', '?')}",
         f"up {agent.get('uptime_s', 0):.0f} s",
-        f"model [bold]{model.get('name', '-')}[/] v{model.get('version', '-')} ({model.get('runtime', '-')}, {model.get('task', '-')})",
+        f"model [bold]{model.get('name', '-')}[/] v{model.get('version', '-')} "
+        f"({model.get('runtime', '-')}, {model.get('task', '-')})",
     )
     counters = metrics.get("counters", {})
     rates = metrics.get("rates", {})
+    drift = metrics.get("drift") or {}
     overview = table(
         None,
-        ["frames in/s", "inferences/s", "processed", "dropped", "errors", "frame age p50 ms", "p99 ms"],
+        [
+            "frames in/s",
+            "inferences/s",
+            "processed",
+            "dropped",
+            "errors",
+            "frame age p50 ms",
+            "p99 ms",
+            "drift",
+        ],
         [
             [
                 rates.get("in_per_s", 0.0),
@@ -142,16 +161,17 @@ def render_status(data: dict[str, Any]) -> Group:
                 counters.get("processed", 0),
                 counters.get("dropped", 0),
                 counters.get("errors", 0),
-                _ms(metrics.get("frame_age_ms"), "p50"),
-                _ms(metrics.get("frame_age_ms"), "p99"),
+                _get(metrics, "frame_age_ms", "p50"),
+                _get(metrics, "frame_age_ms", "p99"),
+                ("DRIFT" if drift.get("drifting") else "ok") if drift else "off",
             ]
         ],
     )
-    stages = metrics.get("stages_ms", {})
+    stages = metrics.get("latency_ms", {})
     stage_rows = [
         [name, s.get("p50"), s.get("p95"), s.get("p99"), s.get("count")]
         for name, s in stages.items()
-        if s.get("count")
+        if s and s.get("count")
     ]
     stage_table = table(
         "latency (ms)", ["stage", "p50", "p95", "p99", "count"], stage_rows or [["-", None, None, None, 0]]
@@ -162,7 +182,7 @@ def render_status(data: dict[str, Any]) -> Group:
             s.get("type"),
             s.get("state"),
             s.get("items"),
-            s.get("rate_per_s"),
+            s.get("rate_hz"),
             s.get("reconnects"),
             s.get("last_error") or "",
         ]
@@ -175,17 +195,30 @@ def render_status(data: dict[str, Any]) -> Group:
     )
     system = data.get("system") or {}
     link = data.get("link") or {}
+    throttling = system.get("throttling")
     sys_table = table(
         None,
-        ["CPU %", "RSS MB", "temp °C", "CPU MHz", "disk free MB", "link", "outbox"],
+        [
+            "process CPU %",
+            "RSS MB",
+            "system CPU %",
+            "temp °C",
+            "CPU MHz",
+            "disk free MB",
+            "throttled",
+            "link",
+            "outbox",
+        ],
         [
             [
-                system.get("process_cpu_percent"),
-                system.get("rss_mb"),
-                system.get("temperature_c"),
-                system.get("cpu_freq_mhz"),
-                system.get("disk_free_mb"),
-                link.get("state", "off") if link.get("enabled", True) else "off",
+                _get(system, "process", "cpu_pct"),
+                _mb(_get(system, "process", "rss_bytes")),
+                _get(system, "cpu", "pct"),
+                _get(system, "temperature", "max_c"),
+                _get(system, "cpu", "freq_mhz"),
+                _mb(_get(system, "disk", "free_bytes")),
+                "-" if throttling is None else ", ".join(throttling.get("now", [])) or "no",
+                link.get("state", "off") if link.get("enabled") else "off",
                 link.get("outbox_depth", ""),
             ]
         ],
@@ -193,6 +226,3 @@ def render_status(data: dict[str, Any]) -> Group:
     event_rows = [[e.get("type"), e.get("severity"), e.get("message")] for e in data.get("events", [])[-6:]]
     events = table("recent events", ["type", "severity", "message"], event_rows or [["-", "-", "none"]])
     return Group(header, overview, stage_table, sources, sys_table, events)
-
-
-__all__ = ["add_parsers", "render_status"]

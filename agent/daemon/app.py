@@ -10,10 +10,13 @@ Invariants:
 
 from __future__ import annotations
 
+import faulthandler
 import logging
+import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,7 @@ from agent.pipeline import (
     bind_model,
 )
 from agent.pipeline.loop import warm_up
+from agent.pipeline.records import Staged
 from agent.platform.sdnotify import Notifier, Watchdog
 from agent.platform.system import SystemProbe
 from agent.sources import Item, SourceRunner, SourceStatus, open_source
@@ -63,7 +67,8 @@ class Daemon:
         self._system_sample: dict[str, Any] = {}
         self._active: ActiveModel | None = None
         self._previous: ActiveModel | None = None
-        self._mailbox: LatestMailbox[Item] | None = None
+        self._mailbox: LatestMailbox[Staged] | None = None
+        self._scheduled: queue.Queue[Callable[[], object]] = queue.Queue()
         self._loop: InferenceLoop | None = None
         self._runner: SourceRunner | None = None
         self._sinks: list[Sink] = []
@@ -107,6 +112,7 @@ class Daemon:
     def run(self, duration_s: float | None = None, on_tick: Any = None) -> int:
         """Starts, supervises until a stop signal (or `duration_s`), then stops. Returns the exit status."""
         self._install_signals()
+        faulthandler.enable()  # a watchdog SIGABRT leaves every thread's stack in the journal
         self.start()
         deadline = time.monotonic() + duration_s if duration_s else None
         next_system = 0.0
@@ -119,6 +125,7 @@ class Daemon:
                 if self._reload.is_set():
                     self._reload.clear()
                     self.reload()
+                self._run_scheduled()
                 if self._restart.is_set():
                     self._restart.clear()
                     self.restart_pipeline()
@@ -132,6 +139,24 @@ class Daemon:
         finally:
             self.stop()
         return self.exit_code
+
+    def schedule(self, work: Callable[[], object]) -> None:
+        """Runs `work` on the main thread at the next tick (for command handlers that change the pipeline)."""
+        self._scheduled.put(work)
+
+    def _run_scheduled(self) -> None:
+        while True:
+            try:
+                work = self._scheduled.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                work()
+            except AgentError as problem:
+                self.report("error", "error", f"scheduled change failed: {problem}")
+            except Exception as problem:
+                log.exception("scheduled change failed")
+                self.report("error", "error", f"scheduled change failed: {type(problem).__name__}: {problem}")
 
     def request_stop(self) -> None:
         """Asks the daemon to stop (signal-safe)."""
@@ -200,11 +225,12 @@ class Daemon:
             settings=LoopSettings(
                 max_rate_hz=config.pipeline.max_rate_hz,
                 cpu_affinity=config.pipeline.cpu_affinity,
+                stage_on_capture=config.pipeline.preprocess_on_capture,
             ),
         )
         self._loop.start()
         source = open_source(config.source)
-        self._runner = SourceRunner(source, config.source, self._mailbox.put, on_state=self._on_source_state)
+        self._runner = SourceRunner(source, config.source, self._loop.deliver, on_state=self._on_source_state)
         self._runner.start()
 
     def _stop_pipeline(self) -> None:
@@ -218,6 +244,8 @@ class Daemon:
             except Exception as problem:
                 log.warning("closing sink %s: %s", sink.name, problem)
         self._sinks = []
+        if self.monitors is not None:
+            self.monitors.close()
 
     def restart_pipeline(self) -> None:
         """Stops and starts the source and the worker with the current config (model kept)."""
@@ -236,7 +264,9 @@ class Daemon:
         return self.link.sinks() if self.link is not None else []
 
     def _on_source_state(self, status: SourceStatus) -> None:
-        severity = "info" if status.state.value in ("connected", "connecting") else "warning"
+        severity = (
+            "info" if status.state.value in ("connected", "connecting", "stopped", "ended") else "warning"
+        )
         if status.state.value == "failed":
             severity = "error"
         message = f"source {status.name}: {status.state.value}"
@@ -313,7 +343,7 @@ class Daemon:
             "name": model.name,
             "version": model.version,
             "runtime": model.manifest.runtime,
-            "bundle": str(model.bundle.folder),
+            "bundle": str(model.bundle.path),
         }
 
     # ------------------------------------------------------------------ reload
@@ -339,9 +369,11 @@ class Daemon:
             self.report("error", "error", f"config reload failed, keeping the running config: {problem}")
         self.notifier.ready(self._status_line())
 
-    def apply_config(self, new: AgentConfig) -> list[str]:
-        """Applies a new config live where it can; returns the sections that changed."""
+    def apply_config(self, new: AgentConfig, only: set[str] | None = None) -> list[str]:
+        """Applies a new config live where it can (only the `only` sections, if given); returns what changed."""
         changed = _changed_sections(self.config, new)
+        if only is not None:
+            changed = [section for section in changed if section in only]
         with self._lock:
             old = self.config
             if "log_level" in changed:
@@ -403,6 +435,27 @@ class Daemon:
         source = self._runner.status().state.value if self._runner else "none"
         rate = self.monitors.rate() if self.monitors else 0.0
         return f"{active.model.name} v{active.model.version}: {rate:.1f} inferences/s, source {source}"
+
+    def latest_item(self) -> Item | None:
+        """The newest item the loop handled (for the `snapshot` command)."""
+        return self.monitors.latest if self.monitors is not None else None
+
+    def status_brief(self) -> dict[str, Any]:
+        """Source states by name and the model in service, for the retained MQTT status."""
+        runner, active = self._runner, self._active
+        sources = {runner.name: runner.status().state.value} if runner is not None else {}
+        model = (active.model.name, active.model.version) if active is not None else None
+        return {"sources": sources, "model": model}
+
+    def telemetry(self) -> dict[str, Any]:
+        """The metrics snapshot published to the fleet: loop metrics (with the interval), system, sources, events."""
+        data: dict[str, Any] = self.monitors.snapshot(interval=True) if self.monitors else {}
+        data["system"] = self._system_sample
+        data["sources"] = [self._runner.status().to_dict()] if self._runner else []
+        data["events"] = dict(self.events.counts)
+        brief = self.status_brief()
+        data["model"] = {"name": brief["model"][0], "version": brief["model"][1]} if brief["model"] else None
+        return data
 
     def status(self) -> dict[str, Any]:
         """Everything `edge-agent status` shows, JSON-ready."""

@@ -85,7 +85,10 @@ class ControlServer:
             return {"ok": False, "error": 'request must be an object like {"cmd": "status"}'}
         handler = self._handlers.get(request["cmd"])
         if handler is None:
-            return {"ok": False, "error": f"unknown command {request['cmd']!r}; known: {sorted(self._handlers)}"}
+            return {
+                "ok": False,
+                "error": f"unknown command {request['cmd']!r}; known: {sorted(self._handlers)}",
+            }
         try:
             return {"ok": True, "data": handler(request)}
         except AgentError as problem:

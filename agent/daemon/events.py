@@ -20,7 +20,12 @@ log = logging.getLogger("agent.events")
 
 EventType = Literal["anomaly", "drift", "source", "model", "update", "error"]
 Severity = Literal["info", "warning", "error", "critical"]
-_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR, "critical": logging.CRITICAL}
+_LEVELS = {
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
 
 
 @dataclass(frozen=True)

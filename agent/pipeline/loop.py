@@ -85,6 +85,9 @@ class LoopObserver:
     def on_idle(self) -> None:
         """Called on the loop thread when no item came within the poll interval."""
 
+    def on_sinks(self, seconds: float) -> None:
+        """Called on the loop thread with the time the sinks took for one result."""
+
 
 @dataclass(frozen=True)
 class LoopSettings:
@@ -263,11 +266,14 @@ class InferenceLoop:
             self._observer.on_record(record)
         except Exception as problem:  # a monitor bug must not stop inference
             log.warning("observer failed on item %d: %s", item.seq, problem)
+        started = time.perf_counter()
         for sink in self._sinks:
             try:
                 sink.emit(record)
             except Exception as problem:
                 log.warning("sink %s failed: %s", getattr(sink, "name", sink), problem)
+        with contextlib.suppress(Exception):
+            self._observer.on_sinks(time.perf_counter() - started)
 
 
 def warm_up(model: Model, runs: int, sample: Array | None = None) -> float:

@@ -1,0 +1,173 @@
+"""The daemon's loop observer: metrics, anomaly and drift monitors, event snapshots, error reports.
+
+Runs on the inference thread for every result, so it stays cheap: metrics and monitors are pure and take microseconds;
+anything that writes (a snapshot JPEG with fsync, the event that references it) is handed to one writer thread through
+a bounded queue (overflow is counted, never blocks). Errors on items become one `error` event per `ERROR_EVENT_S`
+with the count in between, so a broken input stream cannot flood the fleet.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from agent.errors import AgentError
+from agent.inference.reference import DriftReference
+from agent.monitor.anomaly import AnomalyRules, AnomalyTracker
+from agent.monitor.drift import DriftMonitor
+from agent.monitor.events import MonitorEvent
+from agent.monitor.metrics import LoopMetrics
+from agent.pipeline import ActiveModel, LoopObserver, ResultRecord
+from agent.pipeline.snapshots import SnapshotStore
+from agent.sources.base import Item
+
+if TYPE_CHECKING:
+    from agent.daemon.app import Daemon
+
+log = logging.getLogger("agent.monitor")
+
+ERROR_EVENT_S = 60.0
+
+
+class Monitors(LoopObserver):
+    """Everything the daemon watches on each result."""
+
+    def __init__(self, daemon: Daemon, active: ActiveModel) -> None:
+        self._daemon = daemon
+        config = daemon.config
+        self.metrics = LoopMetrics(time.monotonic())
+        self._rules = AnomalyRules(
+            cooldown_s=config.monitor.anomaly.cooldown_s,
+            labels=config.monitor.anomaly.labels,
+            min_score=config.monitor.anomaly.min_score,
+        )
+        self._anomaly = AnomalyTracker(self._rules)
+        self._drift: DriftMonitor | None = None
+        self._active = active
+        self.latest: Item | None = None
+        self._error_count = 0
+        self._errors_since_event = 0
+        self._last_error_event = -ERROR_EVENT_S
+        self._snapshots: SnapshotStore | None = None
+        if config.snapshots.enabled and config.snapshots.max_bytes > 0:
+            folder = config.snapshots.folder or daemon.state_dir / "snapshots"
+            self._snapshots = SnapshotStore(folder, config.snapshots.max_bytes, config.snapshots.jpeg_quality)
+        self._writes: queue.Queue[tuple[MonitorEvent, Item | None] | None] = queue.Queue(maxsize=32)
+        self.write_drops = 0
+        self._writer = threading.Thread(target=self._write_loop, name="event-writer", daemon=True)
+        self._writer.start()
+        self.rebind(active, count_swap=False)
+
+    # ------------------------------------------------------------------ model changes
+
+    def rebind(self, active: ActiveModel, count_swap: bool = True) -> None:
+        """Follows a model swap: fresh anomaly episode state and the new bundle's drift reference."""
+        self._active = active
+        self._anomaly = AnomalyTracker(self._rules)
+        self._drift = None
+        drift_config = self._daemon.config.monitor.drift
+        reference_file = active.model.manifest.reference
+        if drift_config.enabled and reference_file:
+            try:
+                path = active.model.bundle.file(reference_file)
+                reference = DriftReference.model_validate_json(path.read_bytes())
+                self._drift = DriftMonitor(
+                    reference, every_n=drift_config.every_n, psi_threshold=drift_config.psi_threshold
+                )
+            except (OSError, ValueError, AgentError) as problem:
+                log.warning("drift monitoring off for %s: %s", active.model.name, problem)
+        if count_swap:
+            self.metrics.record_swap()
+
+    # ------------------------------------------------------------------ loop hooks (inference thread)
+
+    def on_record(self, record: ResultRecord) -> None:
+        """Metrics, anomaly and drift for one result."""
+        now = time.monotonic()
+        started = time.perf_counter()
+        item = record.item
+        self.metrics.record_result(now, record.times, record.age_s, item.seq)
+        self.latest = item
+        event = self._anomaly.update(record.result, now, item.seq)
+        if event is not None:
+            self._post(event, item if event.wants_snapshot and item.kind == "frame" else None)
+        drift = self._drift
+        if drift is not None:
+            drift_event = drift.observe(self._active.adapt(item), record.result)
+            if drift_event is not None:
+                self._post(drift_event, None)
+        self.metrics.record_stage("monitors", time.perf_counter() - started)
+
+    def on_error(self, item: Item, problem: Exception) -> None:
+        """Counts the error; one `error` event per minute at most."""
+        now = time.monotonic()
+        kind = type(problem).__name__
+        self.metrics.record_error(now, kind, item.seq)
+        self._error_count += 1
+        self._errors_since_event += 1
+        if now - self._last_error_event >= ERROR_EVENT_S:
+            message = str(problem) if isinstance(problem, AgentError) else f"{kind}: {problem}"
+            count, self._errors_since_event = self._errors_since_event, 0
+            self._last_error_event = now
+            self._daemon.report(
+                "error",
+                "error",
+                f"inference failed on item {item.seq}: {message}",
+                {"kind": kind, "errors_since_last_report": count, "errors_total": self._error_count},
+            )
+
+    def on_sinks(self, seconds: float) -> None:
+        """Records the sinks' time."""
+        self.metrics.record_stage("sinks", seconds)
+
+    # ------------------------------------------------------------------ events with snapshots (writer thread)
+
+    def _post(self, event: MonitorEvent, item: Item | None) -> None:
+        try:
+            self._writes.put_nowait((event, item))
+        except queue.Full:
+            self.write_drops += 1
+
+    def _write_loop(self) -> None:
+        while True:
+            work = self._writes.get()
+            if work is None:
+                return
+            event, item = work
+            snapshot: str | None = None
+            if item is not None and self._snapshots is not None:
+                ref = self._snapshots.save(item.data, f"{event.type}-{item.seq}", time.time())
+                snapshot = ref.name if ref is not None else None
+            evidence = dict(event.evidence)
+            if item is not None:
+                evidence.setdefault("seq", item.seq)
+            try:
+                self._daemon.report(event.type, event.severity, event.message, evidence, snapshot)
+            except Exception as problem:
+                log.warning("could not report %s event: %s", event.type, problem)
+
+    def close(self) -> None:
+        """Stops the writer thread after what is queued."""
+        try:
+            self._writes.put(None, timeout=1.0)
+        except queue.Full:
+            return
+        self._writer.join(2.0)
+
+    # ------------------------------------------------------------------ readers (any thread)
+
+    def rate(self) -> float:
+        """Inferences per second over the metrics window."""
+        return self.metrics.processed_rate(time.monotonic())
+
+    def snapshot(self, interval: bool = False) -> dict[str, Any]:
+        """Metrics, drift state and snapshot store state, JSON-ready."""
+        data = self.metrics.snapshot(time.monotonic(), interval=interval)
+        drift = self._drift
+        data["drift"] = drift.status() if drift is not None else None
+        data["snapshots"] = self._snapshots.status() if self._snapshots is not None else None
+        data["event_queue_drops"] = self.write_drops
+        return data

@@ -1,0 +1,243 @@
+"""Every JSON payload on the fleet link, as pydantic models with a `schema` version field.
+
+The contract between the agent and the fleet side lives here: what the device publishes (Status, Telemetry, Event,
+Result, CommandReply) and what it accepts (CommandRequest and the args model of every built-in command).
+
+Invariants: every payload carries `"schema": SCHEMA` on the wire; inbound models forbid unknown keys, so a typo in an
+operator's request is an error reply, not a silent no-op; `parse` turns any bad input (not JSON, not an object, wrong
+types, a schema from the future) into a `PayloadError` with a one-line reason, never a traceback.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agent.link.errors import PayloadError
+from agent.link.policy import ResultsPolicy
+
+SCHEMA = 1
+"""Version of every payload defined here; bumped on an incompatible change."""
+
+EventType = Literal["anomaly", "drift", "source", "model", "update", "error"]
+Severity = Literal["info", "warning", "error", "critical"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class Payload(BaseModel):
+    """Base of every JSON payload: a `schema` version, unknown keys refused, `to_bytes` for the wire."""
+
+    model_config = ConfigDict(
+        extra="forbid", validate_by_name=True, validate_by_alias=True, serialize_by_alias=True
+    )
+
+    schema_: int = Field(SCHEMA, alias="schema", ge=1, le=SCHEMA, description="Payload schema version.")
+
+    def to_bytes(self) -> bytes:
+        """Compact UTF-8 JSON; numpy scalars become numbers, sets become lists, other odd values their str()."""
+        return self.model_dump_json(by_alias=True, fallback=_json_fallback).encode("utf-8")
+
+
+def _json_fallback(value: Any) -> Any:
+    item = getattr(value, "item", None)
+    if callable(item):
+        try:
+            return item()
+        except (TypeError, ValueError):
+            pass
+    return str(value)
+
+
+P = TypeVar("P", bound=BaseModel)
+
+
+def parse(model: type[P], data: bytes | str) -> P:
+    """Validates JSON `data` against `model`; raises PayloadError with a one-line reason."""
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as problem:
+        raise PayloadError(describe_validation_error(problem)) from None
+    except (ValueError, TypeError) as problem:  # undecodable bytes
+        raise PayloadError(f"invalid JSON: {problem}") from None
+
+
+def describe_validation_error(problem: ValidationError) -> str:
+    """One line naming each bad field and what was expected."""
+    parts = []
+    for error in problem.errors(include_url=False)[:5]:
+        where = ".".join(str(part) for part in error["loc"]) or "payload"
+        if error["type"] == "json_invalid":
+            parts.append(f"invalid JSON: {error['msg']}")
+        else:
+            parts.append(f"{where}: {error['msg']}")
+    more = problem.error_count() - len(parts)
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+class ModelRef(BaseModel):
+    """A model release: name and integer version."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Model name.")
+    version: int = Field(ge=0, description="Model version.")
+
+
+class Status(Payload):
+    """Retained on devices/{device}/status: online (birth) or offline (clean stop or last will)."""
+
+    state: Literal["online", "offline"] = Field(description="online, or offline.")
+    device: str = Field(description="Device id.")
+    birth: int = Field(
+        ge=0, description="Birth sequence number: grows with every connection, across restarts."
+    )
+    time: float = Field(
+        description="Wall-clock time the status was made (Unix seconds; the clock may be unset)."
+    )
+    agent_version: str = Field(description="edge-agent version.")
+    model: ModelRef | None = Field(None, description="Active model, if any.")
+    sources: dict[str, str] = Field(default_factory=dict, description="State of each source, by name.")
+    boot_time: float | None = Field(None, description="When the agent process started (Unix seconds).")
+    reason: str | None = Field(None, description="For offline: 'stopped' (clean stop) or 'lost' (last will).")
+
+
+class Telemetry(Payload):
+    """On devices/{device}/telemetry: one metrics snapshot."""
+
+    device: str = Field(description="Device id.")
+    time: float = Field(description="Wall-clock time of the snapshot (Unix seconds).")
+    seq: int = Field(ge=0, description="Snapshot number since the agent started.")
+    uptime_s: float = Field(ge=0, description="Seconds since the agent started.")
+    metrics: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Rates, per-stage p50/p95/p99, frame age, drops, cpu, rss, temperature, throttling, disk free.",
+    )
+    link: dict[str, Any] = Field(
+        default_factory=dict, description="The link's own state: outbox depth, drops."
+    )
+
+
+class Event(Payload):
+    """On devices/{device}/events: something that happened, with the evidence for it."""
+
+    id: str = Field(
+        default_factory=lambda: uuid.uuid4().hex, description="Unique id (uuid4 hex): dedupe key."
+    )
+    type: EventType = Field(description="anomaly | drift | source | model | update | error")
+    severity: Severity = Field("info", description="info | warning | error | critical")
+    time: float = Field(default_factory=time.time, description="When it happened (Unix seconds).")
+    device: str | None = Field(None, description="Device id (filled in by the link).")
+    message: str = Field(description="One line for a person.")
+    evidence: dict[str, Any] = Field(
+        default_factory=dict, description="Numbers and names that back the message."
+    )
+    snapshot: str | None = Field(None, description="Reference to a saved input snapshot, if one was kept.")
+
+
+class Result(Payload):
+    """On devices/{device}/results: one decoded result admitted by the results policy."""
+
+    seq: int = Field(ge=0, description="Sequence number of the input (frame or window).")
+    time: float = Field(description="Capture time (Unix seconds).")
+    model: ModelRef | None = Field(None, description="Model that made the result.")
+    result: dict[str, Any] = Field(description="The decoded result (labels, detections, anomaly score...).")
+
+
+class CommandRequest(Payload):
+    """Body of a request on devices/{device}/cmd/{name}; an empty payload means no arguments."""
+
+    id: str | None = Field(
+        None,
+        max_length=128,
+        description="Request id echoed in the reply (for clients without correlation data).",
+    )
+    args: dict[str, Any] = Field(
+        default_factory=dict, description="Arguments, validated by the command's model."
+    )
+
+
+class CommandReply(Payload):
+    """Answer to a command, on the request's response topic (with its correlation data) or cmd/{name}/reply."""
+
+    command: str = Field(description="Command name.")
+    status: Literal["ok", "error"] = Field(description="ok, or error.")
+    reason: str | None = Field(None, description="Why it failed (status error).")
+    data: dict[str, Any] = Field(default_factory=dict, description="What the command returns (status ok).")
+    correlation: str | None = Field(
+        None, description="The request's id, else its correlation data as text (UTF-8 or hex)."
+    )
+    time: float = Field(default_factory=time.time, description="When the reply was made (Unix seconds).")
+
+
+class Args(BaseModel):
+    """Base of command argument models: unknown keys refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class NoArgs(Args):
+    """A command that takes no arguments (ping, get-config, restart-pipeline)."""
+
+
+class SetConfigArgs(Args):
+    """set-config: a partial config tree merged into the running config."""
+
+    patch: dict[str, Any] = Field(description="Keys to change, nested like the config file.")
+
+
+class SnapshotArgs(Args):
+    """snapshot: capture the current input."""
+
+    max_bytes: int | None = Field(None, gt=0, description="Largest snapshot to return, bytes.")
+
+
+class SetLogLevelArgs(Args):
+    """set-log-level: change a logger's level at run time."""
+
+    level: LogLevel = Field(description="DEBUG | INFO | WARNING | ERROR | CRITICAL")
+    logger: str | None = Field(
+        None, max_length=200, description="Logger name; null: the agent's root logger."
+    )
+
+
+SetResultsPolicyArgs = ResultsPolicy
+"""set-results-policy: the args are the policy itself."""
+
+COMMAND_ARGS: dict[str, type[BaseModel]] = {
+    "ping": NoArgs,
+    "get-config": NoArgs,
+    "set-config": SetConfigArgs,
+    "snapshot": SnapshotArgs,
+    "restart-pipeline": NoArgs,
+    "set-log-level": SetLogLevelArgs,
+    "set-results-policy": SetResultsPolicyArgs,
+}
+"""The args model of every command the agent knows, by name: the contract in one place."""
+
+
+__all__ = [
+    "COMMAND_ARGS",
+    "SCHEMA",
+    "Args",
+    "CommandReply",
+    "CommandRequest",
+    "Event",
+    "EventType",
+    "LogLevel",
+    "ModelRef",
+    "NoArgs",
+    "Payload",
+    "Result",
+    "SetConfigArgs",
+    "SetLogLevelArgs",
+    "SetResultsPolicyArgs",
+    "Severity",
+    "SnapshotArgs",
+    "Status",
+    "Telemetry",
+    "describe_validation_error",
+    "parse",
+]

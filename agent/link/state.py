@@ -1,0 +1,164 @@
+"""Connection state, reconnection delays and the persisted birth sequence number.
+
+Invariants:
+- `StateCell` is written only by the link's network thread, from what paho reported (a CONNACK, a disconnect, a
+  failed connect); `connected` means a success CONNACK was processed and no disconnect since. Readers get a
+  consistent copy (`LinkStatus`) under a lock. Nothing else stores a "connected" flag.
+- `Backoff` is the only reconnection policy: delays double from min_s to max_s, each shortened by jitter.
+- `BirthCounter` never hands out a number at or below one it committed, across restarts: the committed value is
+  written to the state directory atomically (temp file, fsync, rename, fsync of the folder) before it is used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from agent.fsutil import write_atomic
+from agent.link.config import BackoffConfig
+
+log = logging.getLogger("agent.link")
+
+LinkState = Literal["disabled", "disconnected", "connecting", "connected", "refused", "stopped"]
+"""disabled: not configured; connecting: TCP/TLS/CONNECT sent, no CONNACK yet; connected: success CONNACK;
+refused: the broker refused us (CONNACK failure code, or TLS authentication failed), retrying with backoff;
+disconnected: network failure or connection lost, retrying with backoff; stopped: `Link.stop` ran."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkStatus:
+    """A consistent snapshot of the link's connection state."""
+
+    state: LinkState
+    since: float
+    """Wall-clock time of the last state change (Unix seconds)."""
+    reason: str | None = None
+    """Why the last attempt failed or the connection was lost (a CONNACK reason, a TLS error, a socket error)."""
+    rc: int | None = None
+    """The MQTT reason code of the last refusal, when there was one."""
+    connects: int = 0
+    """Successful connections since start."""
+    attempts: int = 0
+    """Connection attempts since start."""
+    birth: int | None = None
+    """Birth sequence number of the current (or last) connection."""
+
+    @property
+    def reconnects(self) -> int:
+        """Successful connections after the first one."""
+        return max(0, self.connects - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "state": self.state,
+            "since": self.since,
+            "reason": self.reason,
+            "rc": self.rc,
+            "connects": self.connects,
+            "reconnects": self.reconnects,
+            "attempts": self.attempts,
+            "birth": self.birth,
+        }
+
+
+class StateCell:
+    """Holds the link's `LinkStatus`; one writer (the network thread), any number of readers."""
+
+    def __init__(self, state: LinkState) -> None:
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._status = LinkStatus(state=state, since=time.time())
+
+    def get(self) -> LinkStatus:
+        """The current snapshot."""
+        with self._lock:
+            return self._status
+
+    def set(self, state: LinkState, **changes: Any) -> LinkStatus:
+        """Moves to `state` (resetting `since` if it changed) and applies other field changes."""
+        with self._lock:
+            current = self._status
+            since = current.since if state == current.state else time.time()
+            self._status = replace(current, state=state, since=since, **changes)
+            self._changed.notify_all()
+            return self._status
+
+    def wait_for(self, states: tuple[LinkState, ...], timeout_s: float) -> LinkStatus:
+        """Waits until the state is one of `states` or the timeout passes; returns the snapshot then."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while self._status.state not in states:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._changed.wait(left)
+            return self._status
+
+
+class Backoff:
+    """Exponential reconnection delays with jitter."""
+
+    def __init__(self, config: BackoffConfig, rng: random.Random | None = None) -> None:
+        self.config = config
+        self._rng = rng or random.Random()
+        self._failures = 0
+
+    def next_delay(self) -> float:
+        """The delay before the next attempt; each call doubles the base, up to max_s."""
+        base = min(self.config.max_s, self.config.min_s * (2.0 ** min(self._failures, 32)))
+        self._failures += 1
+        return base * (1.0 - self.config.jitter_fraction * self._rng.random())
+
+    def reset(self) -> None:
+        """Back to min_s (after a connection that held)."""
+        self._failures = 0
+
+
+class BirthCounter:
+    """Birth sequence numbers that only grow, across restarts (file `link-birth.json` in the state directory)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "link-birth.json"
+        self._committed = self._load()
+
+    def _load(self) -> int:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            value = data["birth"] if isinstance(data, dict) else None
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                return value
+            raise ValueError(f"no non-negative integer 'birth' in {data!r}")
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError, KeyError, TypeError) as problem:
+            # Unreadable despite atomic writes: go past any plausible old value rather than repeat one.
+            fallback = int(time.time()) if time.time() > 1.6e9 else 0
+            log.warning("birth counter %s unreadable (%s); continuing from %d", self.path, problem, fallback)
+            return fallback
+
+    @property
+    def committed(self) -> int:
+        """The last number committed."""
+        return self._committed
+
+    def peek_next(self) -> int:
+        """The number the next connection will use."""
+        return self._committed + 1
+
+    def commit(self, value: int) -> None:
+        """Records `value` as used; raises OSError if it cannot be written (the caller decides)."""
+        if value <= self._committed:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.path, json.dumps({"schema": 1, "birth": value}).encode("utf-8"), mode=0o644)
+        self._committed = value
+
+
+__all__ = ["Backoff", "BirthCounter", "LinkState", "LinkStatus", "StateCell"]

@@ -1,0 +1,26 @@
+"""Pure monitors, no I/O: latency histograms and loop metrics, anomaly episodes, data drift against the reference.
+
+The daemon feeds them from the inference thread (`LoopObserver.on_record`) and reads them from others; the clock is
+always the caller's (`now` arguments), so every figure can be reproduced in a test.
+"""
+
+from agent.monitor.anomaly import AnomalyRules, AnomalyTracker, Finding, assess
+from agent.monitor.drift import DriftMonitor, DriftReport, psi
+from agent.monitor.events import MonitorEvent
+from agent.monitor.histogram import LatencyHistogram
+from agent.monitor.metrics import STAGES, LoopMetrics, RateWindow
+
+__all__ = [
+    "STAGES",
+    "AnomalyRules",
+    "AnomalyTracker",
+    "DriftMonitor",
+    "DriftReport",
+    "Finding",
+    "LatencyHistogram",
+    "LoopMetrics",
+    "MonitorEvent",
+    "RateWindow",
+    "assess",
+    "psi",
+]
