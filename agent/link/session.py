@@ -190,14 +190,23 @@ class Session:
         """The network thread's body: attempt, serve, back off, until stopped."""
         try:
             while not self._stop.is_set():
-                held_s = self._attempt()
+                try:
+                    held_s = self._attempt()
+                except (
+                    Exception
+                ) as problem:  # a bug must cost one connection, not the link: log, back off, retry
+                    log.exception("link network thread: unexpected failure; reconnecting")
+                    self._close()
+                    self._reset_flight()
+                    self.state.set(
+                        "disconnected", reason=f"internal error: {type(problem).__name__}", rc=None
+                    )
+                    held_s = 0.0
                 if self._stop.is_set():
                     break
                 if held_s >= STABLE_S:
                     self._backoff.reset()
                 self._stop.wait(self._backoff.next_delay())
-        except Exception:  # the last guard: log and leave the state honest
-            log.exception("link network thread failed")
         finally:
             self.state.set("stopped")
 

@@ -1,0 +1,114 @@
+"""The daemon in this process, for what needs a hand inside it: a model that hangs, hot swap and restore."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import MODELS
+from daemon_support import DaemonDir, processed, wait_for
+
+from agent.config import load_config
+from agent.daemon.app import Daemon
+from agent.inference.model import Model
+
+
+@pytest.fixture
+def folder() -> Iterator[DaemonDir]:
+    made = DaemonDir()
+    yield made
+    made.cleanup()
+
+
+def run_in_thread(daemon: Daemon) -> threading.Thread:
+    thread = threading.Thread(target=daemon.run, name="daemon-under-test", daemon=True)
+    thread.start()
+    wait_for(lambda: daemon.monitors is not None and processed(daemon.status()) >= 3, 30, "the daemon running")
+    return thread
+
+
+def test_a_hung_invoke_starves_the_systemd_watchdog_and_feeding_resumes_after(folder, monkeypatch):
+    path = folder.root / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(path))
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")
+    hang, released = threading.Event(), threading.Event()
+    original = Model.invoke
+
+    def invoke(self: Model, tensor: Any) -> Any:
+        if hang.is_set():
+            released.wait(30)
+        return original(self, tensor)
+
+    monkeypatch.setattr(Model, "invoke", invoke)
+    folder.write("[pipeline]\nhang_timeout_s = 1.0")
+    daemon = Daemon(load_config(folder.config, environ={}), folder.config)
+    thread = run_in_thread(daemon)
+
+    def feeds(seconds: float) -> int:
+        count, deadline = 0, time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            listener.settimeout(left)
+            try:
+                count += listener.recv(4096).count(b"WATCHDOG=1")
+            except TimeoutError:
+                break
+        return count
+
+    try:
+        assert feeds(1.0) >= 2
+        hang.set()
+        time.sleep(1.5)  # longer than hang_timeout_s: the invoke now counts as hung
+        feeds(0.05)  # what was sent before that is still queued in the socket
+        assert feeds(1.5) == 0, "the watchdog was fed while the invoke hung"
+        assert daemon.status()["loop"]["busy_s"] > 1.0
+        hang.clear()
+        released.set()
+        assert feeds(1.5) >= 2
+    finally:
+        released.set()
+        daemon.request_stop()
+        thread.join(10)
+        listener.close()
+    assert not thread.is_alive()
+
+
+def test_hot_swap_through_the_daemon_keeps_the_previous_model_to_restore_at_once(folder):
+    folder.write('[model]\nbundle = "models/digits-det-tflite"')
+    daemon = Daemon(load_config(folder.config, environ={}), folder.config)
+    thread = run_in_thread(daemon)
+    try:
+        candidate = daemon.load_candidate(MODELS / "digits-det-onnx")
+        daemon.swap_model(candidate)
+        wait_for(lambda: daemon.status()["metrics"]["counters"]["swaps"] == 1, 10, "the swap counted")
+        data = daemon.status()
+        assert data["model"]["runtime"] == "onnxruntime" and data["previous_model"]["runtime"] == "litert"
+        before = processed(data)
+        wait_for(lambda: processed(daemon.status()) > before + 3, 10, "results from the new model")
+        assert daemon.restore_previous()
+        data = daemon.status()
+        assert data["model"]["runtime"] == "litert" and data["previous_model"] is None
+        assert not daemon.restore_previous()
+        kinds = [e["message"] for e in data["events"] if e["type"] == "model"]
+        assert any("restored" in m for m in kinds)
+    finally:
+        daemon.request_stop()
+        thread.join(10)
+
+
+def test_a_candidate_that_does_not_fit_the_source_is_refused_and_service_goes_on(folder):
+    daemon = Daemon(load_config(folder.config, environ={}), folder.config)
+    thread = run_in_thread(daemon)
+    try:
+        with pytest.raises(Exception, match="sensor windows"):
+            daemon.load_candidate(MODELS / "motion-ae-onnx")
+        before = processed(daemon.status())
+        wait_for(lambda: processed(daemon.status()) > before, 10, "service going on")
+    finally:
+        daemon.request_stop()
+        thread.join(10)
