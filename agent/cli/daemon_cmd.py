@@ -76,7 +76,8 @@ def _setup_logging(config: AgentConfig, args: argparse.Namespace) -> None:
 
         for handler in list(root.handlers):
             root.removeHandler(handler)
-        root.addHandler(RichHandler(console=console(), show_path=False, level=level))
+        # the live table shows events; only warnings and worse scroll above it
+        root.addHandler(RichHandler(console=console(), show_path=False, level=max(level, logging.WARNING)))
     else:
         for handler in root.handlers:
             handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))

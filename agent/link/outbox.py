@@ -104,6 +104,7 @@ class OutboxStats:
         return {
             "rows": dict(self.rows),
             "bytes": dict(self.bytes),
+            "total_rows": self.total_rows,
             "total_bytes": self.total_bytes,
             "max_bytes": self.max_bytes,
             "dropped": {kind: dict(reasons) for kind, reasons in self.dropped.items() if reasons},
