@@ -35,13 +35,23 @@ def _float_model(path: Path, seed: int = 0) -> None:
         w = (rng.standard_normal((out_ch, channels, 3, 3)) * np.sqrt(2.0 / (9 * channels))).astype(np.float32)
         b = np.zeros(out_ch, np.float32)
         inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
-        nodes.append(helper.make_node("Conv", [previous, f"w{i}", f"b{i}"], [f"c{i}"], pads=[1, 1, 1, 1], strides=[2, 2]))
+        nodes.append(
+            helper.make_node(
+                "Conv", [previous, f"w{i}", f"b{i}"], [f"c{i}"], pads=[1, 1, 1, 1], strides=[2, 2]
+            )
+        )
         nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"]))
         previous = f"r{i}"
         for j in range(EXTRA_CONVS):  # stride-1 convolutions give the model Pi-class weight
-            w2 = (rng.standard_normal((out_ch, out_ch, 3, 3)) * np.sqrt(2.0 / (9 * out_ch))).astype(np.float32)
+            w2 = (rng.standard_normal((out_ch, out_ch, 3, 3)) * np.sqrt(2.0 / (9 * out_ch))).astype(
+                np.float32
+            )
             inits += [numpy_helper.from_array(w2, f"v{i}_{j}"), numpy_helper.from_array(b, f"d{i}_{j}")]
-            nodes.append(helper.make_node("Conv", [previous, f"v{i}_{j}", f"d{i}_{j}"], [f"e{i}_{j}"], pads=[1, 1, 1, 1]))
+            nodes.append(
+                helper.make_node(
+                    "Conv", [previous, f"v{i}_{j}", f"d{i}_{j}"], [f"e{i}_{j}"], pads=[1, 1, 1, 1]
+                )
+            )
             nodes.append(helper.make_node("Relu", [f"e{i}_{j}"], [f"s{i}_{j}"]))
             previous = f"s{i}_{j}"
         channels = out_ch
@@ -84,14 +94,24 @@ def build(out: Path) -> Path:
         float_path, int8_path = Path(tmp) / "float.onnx", Path(tmp) / "model.onnx"
         _float_model(float_path)
         quantize_static(
-            str(float_path), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            str(float_path),
+            str(int8_path),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
         )
         init_bundle(
-            int8_path, out, name="heavy-cls", version=1, task="classification", samples=frames,
+            int8_path,
+            out,
+            name="heavy-cls",
+            version=1,
+            task="classification",
+            samples=frames,
             labels=[f"class{i}" for i in range(10)],
             hints=InputHints(color="RGB", mean=(127.5,), std=(127.5,), resize="stretch"),
-            golden_count=1, description="benchmark-only Pi-class INT8 classifier (random weights)",
+            golden_count=1,
+            description="benchmark-only Pi-class INT8 classifier (random weights)",
         )
     return out
 

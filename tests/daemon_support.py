@@ -74,7 +74,9 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def wait_status(folder: DaemonDir, predicate: Callable[[dict[str, Any]], bool], timeout_s: float, what: str) -> dict[str, Any]:
+def wait_status(
+    folder: DaemonDir, predicate: Callable[[dict[str, Any]], bool], timeout_s: float, what: str
+) -> dict[str, Any]:
     """Polls the status until `predicate(status)` holds."""
 
     def check() -> dict[str, Any] | None:
@@ -109,4 +111,14 @@ def events_of(data: dict[str, Any], kind: str) -> list[dict[str, Any]]:
     return [e for e in data["events"] if e["type"] == kind]
 
 
-__all__ = ["DaemonDir", "events_of", "json", "processed", "start_daemon", "status", "stop", "wait_for", "wait_status"]
+__all__ = [
+    "DaemonDir",
+    "events_of",
+    "json",
+    "processed",
+    "start_daemon",
+    "status",
+    "stop",
+    "wait_for",
+    "wait_status",
+]

@@ -18,7 +18,11 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_defaults_run_without_any_file():
-    config = load_config(None, environ={}, use_overrides=False) if not Path("/etc/edge-agent/agent.toml").exists() else AgentConfig()
+    config = (
+        load_config(None, environ={}, use_overrides=False)
+        if not Path("/etc/edge-agent/agent.toml").exists()
+        else AgentConfig()
+    )
     assert config.source.type == "video" and not config.link.enabled and config.model.bundle is None
 
 
@@ -36,7 +40,7 @@ def test_every_error_names_the_file_the_key_path_and_the_line(tmp_path):
 
 def test_invalid_toml_is_reported_with_its_line(tmp_path):
     path = write(tmp_path, "[device]\nfleet = \n")
-    with pytest.raises(ConfigError, match="not valid TOML.*line 2"):
+    with pytest.raises(ConfigError, match=r"not valid TOML.*line 2"):
         load_config(path, environ={}, use_overrides=False)
 
 
@@ -44,7 +48,11 @@ def test_environment_overrides_win_and_are_typed(tmp_path):
     path = write(tmp_path, '[link]\nhost = "broker.example"\n')
     config = load_config(
         path,
-        environ={"EDGE_AGENT__LINK__PORT": "8883", "EDGE_AGENT__DEVICE__ID": "cam-7", "EDGE_AGENT__LINK__ENABLED": "true"},
+        environ={
+            "EDGE_AGENT__LINK__PORT": "8883",
+            "EDGE_AGENT__DEVICE__ID": "cam-7",
+            "EDGE_AGENT__LINK__ENABLED": "true",
+        },
         use_overrides=False,
     )
     assert config.link.port == 8883 and config.device.id == "cam-7" and config.link.enabled
@@ -62,7 +70,7 @@ def test_remote_overrides_persist_atomically_and_apply_on_load(tmp_path):
 
 
 def test_a_bad_patch_is_refused_with_its_key_path():
-    with pytest.raises(ConfigError, match="pipeline.max_rate_hz"):
+    with pytest.raises(ConfigError, match=r"pipeline\.max_rate_hz"):
         apply_patch(AgentConfig(), {"pipeline": {"max_rate_hz": -1}})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -9,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import assert_clean_error, run_cli
-from daemon_support import DaemonDir, events_of, processed, start_daemon, status, stop, wait_for, wait_status
+from daemon_support import DaemonDir, events_of, processed, start_daemon, stop, wait_for, wait_status
 from streams import MjpegServer
 
 
@@ -41,7 +42,9 @@ def test_status_without_a_daemon_says_so_in_one_line(folder):
 
 
 def test_sigterm_during_inference_stops_within_two_seconds_and_nothing_is_left_behind(folder):
-    folder.write('[model]\nbundle = "models/digits-det-onnx"\n[source]\ntype = "video"\nloop = true\nrate = "max"')
+    folder.write(
+        '[model]\nbundle = "models/digits-det-onnx"\n[source]\ntype = "video"\nloop = true\nrate = "max"'
+    )
     process = start_daemon(folder)
     try:
         wait_status(folder, lambda s: processed(s) >= 200, 30, "the loop running flat out")
@@ -80,7 +83,10 @@ def test_a_stalled_camera_stream_is_reported_and_the_daemon_recovers_when_it_ret
         wait_status(folder, lambda s: processed(s) >= 10, 30, "frames from the stream")
         camera.stop()
         data = wait_status(
-            folder, lambda s: s["sources"][0]["state"] in ("stalled", "reconnecting", "failed"), 20, "the stall"
+            folder,
+            lambda s: s["sources"][0]["state"] in ("stalled", "reconnecting", "failed"),
+            20,
+            "the stall",
         )
         assert data["loop"]["alive"] and events_of(data, "source")
         before = processed(data)
@@ -104,7 +110,9 @@ def test_sighup_reloads_the_config_and_a_bad_one_is_refused_without_stopping(fol
         wait_status(folder, lambda s: processed(s) >= 5, 30, "first results")
         folder.write('[model]\nbundle = "models/digits-cls-onnx"')
         process.send_signal(signal.SIGHUP)
-        wait_status(folder, lambda s: s["model"]["runtime"] == "onnxruntime" and processed(s) > 3, 30, "the new model")
+        wait_status(
+            folder, lambda s: s["model"]["runtime"] == "onnxruntime" and processed(s) > 3, 30, "the new model"
+        )
         folder.config.write_text(folder.config.read_text() + "\n[pipeline]\nmax_rate_hz = -3\n")
         process.send_signal(signal.SIGHUP)
         data = wait_status(
@@ -140,10 +148,8 @@ def test_sd_notify_ready_status_watchdog_and_stopping_reach_the_socket(folder):
     process = start_daemon(folder, env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000"})
 
     def receive_until(word: str) -> bool:
-        try:
+        with contextlib.suppress(TimeoutError):
             got.extend(listener.recv(4096).decode().split("\n"))
-        except TimeoutError:
-            pass
         return any(line.startswith(word) for line in got)
 
     try:

@@ -27,7 +27,9 @@ def folder() -> Iterator[DaemonDir]:
 def run_in_thread(daemon: Daemon) -> threading.Thread:
     thread = threading.Thread(target=daemon.run, name="daemon-under-test", daemon=True)
     thread.start()
-    wait_for(lambda: daemon.monitors is not None and processed(daemon.status()) >= 3, 30, "the daemon running")
+    wait_for(
+        lambda: daemon.monitors is not None and processed(daemon.status()) >= 3, 30, "the daemon running"
+    )
     return thread
 
 

@@ -18,13 +18,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.config import AgentConfig, default_bundle, load_config
 from agent.daemon.control import ControlServer
 from agent.daemon.events import AgentEvent, EventLog
-from agent.daemon.fleet import FleetLink
 from agent.daemon.observer import Monitors
 from agent.errors import AgentError, ConfigError, ModelError
 from agent.inference import Model
@@ -39,9 +38,13 @@ from agent.pipeline import (
 )
 from agent.pipeline.loop import warm_up
 from agent.pipeline.records import Staged
+from agent.platform.memory import trim, tune_malloc
 from agent.platform.sdnotify import Notifier, Watchdog
 from agent.platform.system import SystemProbe
 from agent.sources import Item, SourceRunner, SourceStatus, open_source
+
+if TYPE_CHECKING:
+    from agent.daemon.fleet import FleetLink
 
 log = logging.getLogger("agent.daemon")
 
@@ -94,8 +97,7 @@ class Daemon:
         except AgentError as problem:
             self._control = None
             self.report("error", "warning", f"no local control socket: {problem}")
-        self.link = FleetLink(self)
-        self.link.start()
+        self._start_link()
         loop = self._loop
         assert loop is not None
         self._watchdog = Watchdog(
@@ -113,7 +115,9 @@ class Daemon:
         """Starts, supervises until a stop signal (or `duration_s`), then stops. Returns the exit status."""
         self._install_signals()
         faulthandler.enable()  # a watchdog SIGABRT leaves every thread's stack in the journal
+        tune_malloc()
         self.start()
+        trim()  # what loading and warming up the model freed
         deadline = time.monotonic() + duration_s if duration_s else None
         next_system = 0.0
         try:
@@ -186,6 +190,15 @@ class Daemon:
                     active.model.close()
             self._active = self._previous = None
         log.info("stopped")
+
+    def _start_link(self) -> None:
+        """Starts the fleet link when enabled; paho, ssl and sqlite are loaded only on a device that uses them."""
+        if not self.config.link.enabled:
+            return
+        from agent.daemon.fleet import FleetLink
+
+        self.link = FleetLink(self)
+        self.link.start()
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -400,11 +413,15 @@ class Daemon:
                     )
                 self._start_pipeline()
             elif "sinks" in changed and self._loop is not None:
-                for sink in self._loop.set_sinks([*self._make_sinks(new), *self._link_sinks()]):
-                    if sink not in self._link_sinks():
-                        sink.close()
-            if self.link is not None and {"link", "outbox", "device"} & set(changed):
-                self.link.restart()
+                old_sinks, self._sinks = self._sinks, self._make_sinks(new)
+                self._loop.set_sinks([*self._sinks, *self._link_sinks()])
+                for sink in old_sinks:
+                    sink.close()
+            if {"link", "outbox", "device"} & set(changed):
+                if self.link is not None:
+                    self.link.stop()
+                    self.link = None
+                self._start_link()
                 if self._loop is not None:
                     self._loop.set_sinks([*self._sinks, *self._link_sinks()])
         self.report(

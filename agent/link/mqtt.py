@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
 from paho.mqtt.client import Client
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -114,6 +113,8 @@ def certificate_problem(validity: CertValidity | None, now: dt.datetime | None =
 def read_validity(path: Path) -> CertValidity | None:
     """The client certificate's file name and validity period, or None if it cannot be parsed (ssl says why)."""
     try:
+        from cryptography import x509  # only here: the package costs ~9 MB of RSS to every daemon
+
         cert = x509.load_pem_x509_certificate(path.read_bytes())
     except (OSError, ValueError):
         return None

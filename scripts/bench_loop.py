@@ -1,0 +1,258 @@
+#!/usr/bin/env python3
+"""Real-time loop benchmark: the agent's loop against the bare runtime, measured side by side in one run.
+
+1. Throughput when inference-bound: a Raspberry-Pi-class INT8 model (scripts/heavy_model.py: 224x224 input, ~13 ms per
+   invoke here with one thread), fed by a real video source faster than the model (640x480 at 100 fps), through the
+   whole loop (capture, pre-process, invoke, decode, metrics, anomaly/drift monitors, sinks), against the bare ONNX
+   Runtime `run()` on an already-prepared tensor in a tight loop, same model, same thread count, in interleaved
+   rounds. Target: ratio >= 0.95.
+2. Frame age (capture to decoded result) p99 against invoke p99 + pre-process p99 + one source frame interval, from
+   the same runs. Target: at most that sum.
+3. Memory: `edge-agent run` (the whole daemon) against a bare process that imports ONNX Runtime and holds the same
+   model, both after warm-up. Target: at most 40 MB more RSS.
+4. Idle CPU: the daemon with its camera stream stalled (an MJPEG server that accepts and then sends nothing), CPU
+   time over 10 s. Target: under 1 %.
+
+    .venv/bin/python scripts/bench_loop.py [--rounds 3] [--seconds 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from agent.config import AgentConfig  # noqa: E402
+from agent.daemon.observer import Monitors  # noqa: E402
+from agent.inference import Model, RuntimeOptions  # noqa: E402
+from agent.inference.inputs import synthetic_input  # noqa: E402
+from agent.pipeline import ActiveModel, InferenceLoop, LatestMailbox, LoopSettings  # noqa: E402
+from agent.sources import SourceRunner, open_source  # noqa: E402
+from agent.sources.config import VideoConfig  # noqa: E402
+
+SOURCE_FPS = 100.0
+THROUGHPUT_TARGET = 0.95
+RSS_TARGET_MB = 40.0
+IDLE_CPU_TARGET = 1.0
+
+
+class _FakeDaemon:
+    """What `Monitors` reads from the daemon: the config, the state dir, and `report`."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.config = AgentConfig(state_dir=state_dir)
+        self.state_dir = state_dir
+        self.events: list[tuple[str, str]] = []
+
+    def report(self, kind: str, severity: str, message: str, *args: object, **kwargs: object) -> None:
+        self.events.append((kind, message))
+
+
+def make_video(path: Path, seconds: float = 3.0) -> None:
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), SOURCE_FPS, (640, 480))
+    frame = synthetic_input(_image_contract(), (1, 224, 224, 3))
+    for i in range(int(seconds * SOURCE_FPS)):
+        writer.write(np.roll(frame, i * 4, axis=1))
+    writer.release()
+
+
+def _image_contract():  # type: ignore[no-untyped-def]
+    from agent.inference.manifest import ImageInput
+
+    return ImageInput(width=224, height=224)
+
+
+def bare_rate(model_path: Path, tensor: np.ndarray, seconds: float) -> float:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    for _ in range(3):
+        session.run(None, {name: tensor})
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        session.run(None, {name: tensor})
+        count += 1
+    return count / (time.perf_counter() - start)
+
+
+def loop_run(bundle: Path, video: Path, seconds: float, state: Path) -> dict[str, float]:
+    model = Model.load(bundle, RuntimeOptions(num_threads=1))
+    for _ in range(3):
+        model.infer(synthetic_input(model.manifest.input, (1, 3, 224, 224)))
+    daemon = _FakeDaemon(state)
+    active = ActiveModel(model)
+    monitors = Monitors(daemon, active)  # type: ignore[arg-type]
+    mailbox: LatestMailbox = LatestMailbox()  # type: ignore[type-arg]
+    loop = InferenceLoop(active, mailbox, observer=monitors, settings=LoopSettings())
+    config = VideoConfig(path=video, loop=True, rate="native")
+    runner = SourceRunner(open_source(config), config, loop.deliver)
+    loop.start()
+    runner.start()
+    time.sleep(1.0)  # reach the steady state
+    before, start = loop.progress, time.perf_counter()
+    time.sleep(seconds)
+    rate = (loop.progress - before) / (time.perf_counter() - start)
+    snapshot = monitors.snapshot()
+    runner.stop()
+    loop.stop()
+    monitors.close()
+    model.close()
+    latency = snapshot["latency_ms"]
+    return {
+        "rate": rate,
+        "age_p99": snapshot["frame_age_ms"]["p99"],
+        "invoke_p99": latency["invoke"]["p99"],
+        "pre_p99": latency["preprocess"]["p99"],
+        "source_in": snapshot["rates"]["in_per_s"],
+    }
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bare_process_rss(model_path: Path) -> float:
+    code = textwrap.dedent(
+        f"""
+        import sys, time, numpy as np, onnxruntime as ort
+        o = ort.SessionOptions(); o.intra_op_num_threads = 1
+        s = ort.InferenceSession({str(model_path)!r}, sess_options=o, providers=["CPUExecutionProvider"])
+        x = np.zeros((1, 3, 224, 224), np.float32)
+        for _ in range(20): s.run(None, {{s.get_inputs()[0].name: x}})
+        print("ready", flush=True); time.sleep(30)
+        """
+    )
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    process.stdout.readline()
+    time.sleep(1.0)
+    value = rss_mb(process.pid)
+    process.kill()
+    process.wait()
+    return value
+
+
+def daemon_process(config_text: str, folder: Path, wait_s: float) -> tuple[subprocess.Popen[str], Path]:
+    config = folder / "agent.toml"
+    config.write_text(
+        f'state_dir = "{folder / "state"}"\n[control]\nsocket = "{folder / "c.sock"}"\n{config_text}'
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--config", str(config)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    time.sleep(wait_s)
+    return process, config
+
+
+def main() -> None:
+    """Runs the four measurements and prints them with their targets."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=6.0)
+    args = parser.parse_args()
+    from heavy_model import build  # scripts/heavy_model.py (needs onnx, a dev tool)
+
+    with tempfile.TemporaryDirectory(prefix="bench-loop-", dir="/tmp") as tmp:
+        work = Path(tmp)
+        bundle = build(work / "heavy-cls")
+        video = work / "source.mp4"
+        make_video(video)
+        model = Model.load(bundle, RuntimeOptions(num_threads=1))
+        tensor = model.prepare(synthetic_input(model.manifest.input, (1, 3, 224, 224))).tensor.copy()
+        model.close()
+
+        print(
+            f"1-2. loop vs bare ONNX Runtime run(), heavy-cls INT8 (1 thread), source {SOURCE_FPS:g} fps 640x480 video"
+        )
+        print(
+            f"{'round':<6}{'bare/s':>9}{'loop/s':>9}{'ratio':>8}{'source/s':>10}{'age p99':>10}{'bound':>9}"
+        )
+        ratios, ages = [], []
+        for i in range(args.rounds):
+            bare = bare_rate(bundle / "model.onnx", tensor, args.seconds)
+            run = loop_run(bundle, video, args.seconds, work / f"state{i}")
+            bound = run["invoke_p99"] + run["pre_p99"] + 1000.0 / SOURCE_FPS
+            ratios.append(run["rate"] / bare)
+            ages.append((run["age_p99"], bound))
+            print(
+                f"{i + 1:<6}{bare:>9.1f}{run['rate']:>9.1f}{run['rate'] / bare:>8.3f}{run['source_in']:>10.1f}"
+                f"{run['age_p99']:>9.1f}ms{bound:>7.1f}ms"
+            )
+        ratio = statistics.median(ratios)
+        worst_age = max(a - b for a, b in ages)
+        print(
+            f"target throughput ratio >= {THROUGHPUT_TARGET}: median {ratio:.3f} -> {'met' if ratio >= THROUGHPUT_TARGET else 'MISSED'}"
+        )
+        print(
+            "target frame age p99 <= invoke p99 + pre-process p99 + frame interval: worst margin "
+            f"{-worst_age:.1f} ms -> {'met' if worst_age <= 0 else 'MISSED'}"
+        )
+
+        print("\n3. RSS after warm-up: the daemon against a bare ONNX Runtime process holding the same model")
+        bare_rss = bare_process_rss(bundle / "model.onnx")
+        process, _ = daemon_process(
+            f'[model]\nbundle = "{bundle}"\n[model.runtime]\nnum_threads = 1\n'
+            f'[source]\ntype = "video"\npath = "{video}"\nloop = true\n',
+            work,
+            8.0,
+        )
+        daemon_rss = rss_mb(process.pid)
+        process.terminate()
+        process.wait(10)
+        extra = daemon_rss - bare_rss
+        print(f"bare {bare_rss:.1f} MB, daemon {daemon_rss:.1f} MB, +{extra:.1f} MB")
+        print(f"target at most +{RSS_TARGET_MB:.0f} MB -> {'met' if extra <= RSS_TARGET_MB else 'MISSED'}")
+
+        print(
+            "\n4. idle CPU with a stalled camera stream (MJPEG server that accepts and sends nothing), 10 s"
+        )
+        from streams import MjpegServer
+
+        camera = MjpegServer(fps=20)
+        camera.paused.set()
+        camera.start()
+        process, _ = daemon_process(
+            f'[model]\nbundle = "{bundle}"\n[source]\ntype = "stream"\nurl = "{camera.url}"\n', work, 6.0
+        )
+        before = cpu_seconds(process.pid)
+        time.sleep(10.0)
+        used = (cpu_seconds(process.pid) - before) / 10.0 * 100.0
+        process.terminate()
+        process.wait(10)
+        camera.stop()
+        print(f"daemon CPU {used:.2f} % of one core")
+        print(f"target under {IDLE_CPU_TARGET:.0f} % -> {'met' if used < IDLE_CPU_TARGET else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
