@@ -88,6 +88,7 @@ class Daemon:
         self._prepare_state_dir()
         model = self._load(self._bundle_path(self.config))
         self._active = bind_model(model, self._source_kind(), self._source_channels())
+        self._start_link()  # first, so that the loop gets its results sink
         self._start_pipeline()
         self._control = ControlServer(
             self.config.resolved_socket(), {"status": lambda _: self.status(), "ping": lambda _: "pong"}
@@ -97,7 +98,6 @@ class Daemon:
         except AgentError as problem:
             self._control = None
             self.report("error", "warning", f"no local control socket: {problem}")
-        self._start_link()
         loop = self._loop
         assert loop is not None
         self._watchdog = Watchdog(

@@ -1,0 +1,202 @@
+"""The daemon with its fleet link on a real Mosquitto: status and last will, telemetry, results, events, commands.
+
+The daemon runs as a real process (`edge-agent run`); an operator (a paho MQTT 5 peer) and `mosquitto_sub` read and
+command it from the outside, as the fleet would.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from daemon_support import DaemonDir, processed, start_daemon, stop, wait_for, wait_status
+
+from agent.link import CommandReply
+
+pytest.register_assert_rewrite("broker")
+from broker import Broker, MosquittoSub, PahoPeer, needs_mosquitto  # noqa: E402
+
+pytest_plugins = ["broker"]
+pytestmark = needs_mosquitto
+
+DEVICE = "cam-1"
+ROOT = f"edge/f1/devices/{DEVICE}"
+REPLIES = f"{ROOT}/reply/op"
+
+
+def config(broker: Broker, extra: str = "") -> str:
+    return (
+        f'[device]\nid = "{DEVICE}"\nfleet = "f1"\n'
+        f'[link]\nenabled = true\nhost = "127.0.0.1"\nport = {broker.port}\n'
+        "[link.backoff]\nmin_s = 0.2\nmax_s = 1.0\n"
+        "[link.telemetry]\ninterval_s = 1.0\n"
+        '[link.results]\nmode = "every"\nmax_per_s = 50\n' + extra
+    )
+
+
+@pytest.fixture
+def folder() -> Iterator[DaemonDir]:
+    made = DaemonDir()
+    yield made
+    made.cleanup()
+
+
+@pytest.fixture
+def operator(broker: Broker, peers: Callable[..., PahoPeer]) -> PahoPeer:
+    peer = peers(broker, "op")
+    peer.subscribe(f"{ROOT}/#")
+    return peer
+
+
+def next_on(peer: PahoPeer, topic: str, predicate: Callable[[Any], bool] = lambda _: True, timeout_s: float = 20) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        message = peer.next_message(max(0.1, deadline - time.monotonic()))
+        if message.topic == topic:
+            data = json.loads(message.payload)
+            if predicate(data):
+                return data
+    raise AssertionError(f"nothing on {topic} within {timeout_s} s")
+
+
+def ask(peer: PahoPeer, name: str, args: dict[str, Any] | None = None, timeout_s: float = 20) -> CommandReply:
+    correlation = os.urandom(6)
+    body = json.dumps({"args": args or {}})
+    peer.publish(f"{ROOT}/cmd/{name}", body, response_topic=REPLIES, correlation=correlation)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        message = peer.next_message(max(0.1, deadline - time.monotonic()))
+        if message.topic == REPLIES and message.properties.CorrelationData == correlation:
+            return CommandReply.model_validate_json(message.payload)
+    raise AssertionError(f"no reply to {name}")
+
+
+def test_daemon_reports_status_telemetry_and_results_to_the_fleet(broker, folder, operator, observers):
+    watcher: MosquittoSub = observers(broker, [f"{ROOT}/status", f"{ROOT}/telemetry"])
+    folder.write(config(broker))
+    process = start_daemon(folder)
+    try:
+        status = next_on(operator, f"{ROOT}/status", lambda d: d["state"] == "online" and d["sources"])
+        assert status["model"] == {"name": "digits-det", "version": 1} and status["sources"] == {"video": "connected"}
+        telemetry = next_on(operator, f"{ROOT}/telemetry", lambda d: d["metrics"]["counters"]["processed"] > 0)
+        metrics = telemetry["metrics"]
+        assert metrics["latency_ms"]["invoke"]["p99"] > 0 and "system" in metrics and telemetry["schema"] == 1
+        result = next_on(operator, f"{ROOT}/results")
+        assert result["result"]["result"]["task"] == "detection" and result["model"]["name"] == "digits-det"
+        seen = watcher.wait_for(lambda m: m.topic.endswith("/telemetry"), 10)  # an independent client agrees
+        assert json.loads(seen.payload)["device"] == DEVICE
+    finally:
+        code, output, _ = stop(process)
+    assert code == 0, output
+    offline = next_on(operator, f"{ROOT}/status", lambda d: d["state"] == "offline")
+    assert offline["reason"] == "stopped"
+
+
+def test_sigkill_of_the_daemon_leaves_the_last_will_offline_status(broker, folder, operator):
+    folder.write(config(broker).replace("[link.backoff]", "keepalive_s = 5\n[link.backoff]"))
+    process = start_daemon(folder)
+    next_on(operator, f"{ROOT}/status", lambda d: d["state"] == "online")
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    offline = next_on(operator, f"{ROOT}/status", lambda d: d["state"] == "offline", timeout_s=30)
+    assert offline["reason"] == "lost"
+
+
+def test_remote_commands_change_the_running_daemon_and_persist(broker, folder, operator):
+    folder.write(config(broker))
+    process = start_daemon(folder)
+    try:
+        next_on(operator, f"{ROOT}/status", lambda d: d["state"] == "online")
+        wait_status(folder, lambda s: processed(s) > 5, 30, "results")
+
+        reply = ask(operator, "get-config")
+        assert reply.status == "ok" and reply.data["config"]["device"]["id"] == DEVICE
+
+        reply = ask(operator, "set-config", {"patch": {"pipeline": {"max_rate_hz": 2}}})
+        assert reply.status == "ok" and reply.data["applied_live"] == ["pipeline"], reply
+        overrides = json.loads((folder.state / "config-overrides.json").read_text())
+        assert overrides == {"pipeline": {"max_rate_hz": 2}}
+        time.sleep(12)  # let the 10 s rate window forget the 10 fps before the change
+        data = wait_status(folder, lambda s: s["metrics"]["rates"]["processed_per_s"] <= 2.5, 10, "duty cycling")
+        assert data["loop"]["alive"]
+
+        reply = ask(operator, "set-config", {"patch": {"pipeline": {"max_rate_hz": -5}}})
+        assert reply.status == "error" and "pipeline.max_rate_hz" in (reply.reason or "")
+
+        reply = ask(operator, "snapshot", {"max_bytes": 30000})
+        assert reply.status == "ok" and reply.data["bytes"] <= 30000
+        image = cv2.imdecode(np.frombuffer(base64.b64decode(reply.data["jpeg_base64"]), np.uint8), cv2.IMREAD_COLOR)
+        assert image is not None and image.shape[:2] == (reply.data["height"], reply.data["width"])
+
+        reply = ask(operator, "set-results-policy", {"mode": "on_change", "max_per_s": 1})
+        assert reply.status == "ok" and reply.data["persisted"]
+
+        reply = ask(operator, "set-log-level", {"level": "DEBUG", "logger": "agent.link"})
+        assert reply.status == "ok"
+
+        before = wait_status(folder, lambda s: True, 5, "status")["agent"]["uptime_s"]
+        reply = ask(operator, "restart-pipeline")
+        assert reply.status == "ok"
+        wait_status(
+            folder, lambda s: any(e["message"] == "pipeline restarted" for e in s["events"]), 15, "the restart"
+        )
+        assert wait_status(folder, lambda s: True, 5, "status")["agent"]["uptime_s"] >= before
+
+        reply = ask(operator, "no-such-command")
+        assert reply.status == "error"
+    finally:
+        code, output, _ = stop(process)
+    assert code == 0, output
+    # the persisted override survives a restart
+    again = start_daemon(folder)
+    try:
+        data = wait_status(folder, lambda s: processed(s) >= 1, 30, "the restarted daemon")
+        assert data["agent"]["device"] == DEVICE
+        reply = ask(operator, "get-config")
+        assert reply.data["config"]["pipeline"]["max_rate_hz"] == 2
+        assert reply.data["config"]["link"]["results"]["mode"] == "on_change"
+    finally:
+        stop(again)
+
+
+def test_anomaly_events_reach_the_fleet_with_a_snapshot_kept_on_disk(broker, folder, operator):
+    folder.write(config(broker, '[monitor.anomaly]\nlabels = ["2"]\nmin_score = 0.5\ncooldown_s = 1\n'))
+    process = start_daemon(folder)
+    try:
+        event = next_on(operator, f"{ROOT}/events", lambda d: d["type"] == "anomaly" and d["snapshot"], timeout_s=40)
+        assert len(event["id"]) == 32 and event["device"] == DEVICE
+        assert (folder.state / "snapshots" / event["snapshot"]).stat().st_size > 1000
+    finally:
+        stop(process)
+
+
+def test_events_made_while_the_broker_is_down_arrive_once_it_is_up(broker, folder, peers):
+    broker.stop()
+    folder.write(config(broker))
+    process = start_daemon(folder)
+    try:
+        data = wait_status(folder, lambda s: processed(s) >= 10, 30, "the daemon running without a broker")
+        assert data["link"]["state"] in ("connecting", "disconnected")
+        model_event = next(e for e in data["events"] if e["type"] == "model")
+        broker.start()
+        peer = peers(broker, "late-op")
+        peer.subscribe(f"{ROOT}/events")
+        got = wait_for(
+            lambda: (lambda m: json.loads(m.payload))(peer.next_message(20)), 30, "an event"
+        )
+        ids = {got["id"]}
+        deadline = time.monotonic() + 10
+        while model_event["id"] not in ids and time.monotonic() < deadline:
+            ids.add(json.loads(peer.next_message(10).payload)["id"])
+        assert model_event["id"] in ids
+    finally:
+        code, output, _ = stop(process)
+    assert code == 0, output
