@@ -1,6 +1,6 @@
 """The fleet link: MQTT 5 to the fleet broker, with a durable outbox, commands and a results policy.
 
-Public face (see firmware-config/PROTOCOL.md for the wire contract):
+Public face (see "The MQTT protocol" in README.md for the wire contract):
     Link(config, identity, state_dir, *, outbox=None, router=None, telemetry_source=None)
         .start() / .stop() / .state() -> LinkStatus / .stats()
         .publish_event(Event) / .publish_result(result, seq=, key=, score=) / .publish_telemetry(metrics)
