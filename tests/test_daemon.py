@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import time
@@ -183,3 +184,34 @@ def test_duration_stops_the_daemon_by_itself(folder):
     started = time.monotonic()
     result = run_cli("run", "--config", str(folder.config), "--duration", "3", check=True)
     assert time.monotonic() - started < 20 and "Traceback" not in result.stderr
+
+
+def test_results_go_to_the_json_lines_sink_file(folder):
+    out = folder.root / "results.jsonl"
+    folder.write(f'[sinks.jsonl]\nenabled = true\npath = "{out}"')
+    process = start_daemon(folder)
+    try:
+        wait_for(lambda: out.exists() and len(out.read_text().splitlines()) >= 5, 30, "five JSON lines")
+    finally:
+        code, output, _ = stop(process)
+    assert code == 0, output
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    seqs = [line["seq"] for line in lines]
+    assert seqs == sorted(seqs) and lines[0]["model"]["name"] == "digits-det"
+    assert lines[0]["result"]["task"] == "detection" and lines[0]["latency_ms"]["invoke"] > 0
+
+
+def test_sigterm_with_the_broker_unreachable_still_stops_within_two_seconds(folder):
+    from streams import free_port
+
+    folder.write(
+        f'[link]\nenabled = true\nhost = "127.0.0.1"\nport = {free_port()}\n[link.backoff]\nmin_s = 0.2\nmax_s = 0.5'
+    )
+    process = start_daemon(folder)
+    try:
+        wait_status(
+            folder, lambda s: processed(s) >= 5 and s["link"]["state"] != "connected", 30, "running offline"
+        )
+    finally:
+        code, output, took = stop(process)
+    assert code == 0 and took < 2.0, (took, output)
