@@ -106,3 +106,22 @@ def capture_grabber(capture: cv2.VideoCapture, label: str, why: str, thread_name
         return result
 
     return Grabber(label, grab, capture.release, thread_name)
+
+
+class GrabbedSource:
+    """Base of the live sources whose frames come from a `Grabber`: `read` and `close` for all of them."""
+
+    label: str
+    _grabber: Grabber | None = None
+
+    def read(self, timeout_s: float) -> Array | None:
+        """The newest frame, or None when none came within `timeout_s`."""
+        if self._grabber is None:
+            raise SourceError(f"{self.label}: not open")
+        return self._grabber.read(timeout_s)
+
+    def close(self) -> None:
+        """Stops grabbing and releases the device or stream."""
+        grabber, self._grabber = self._grabber, None
+        if grabber is not None:
+            grabber.close()

@@ -16,7 +16,7 @@ import numpy as np
 
 from agent.errors import SourceError
 from agent.sources.base import ItemKind
-from agent.sources.capture import Grabber
+from agent.sources.capture import GrabbedSource, Grabber
 from agent.sources.config import Picamera2Config
 from agent.types import Array
 
@@ -36,7 +36,7 @@ def import_picamera2() -> Any:
     return Picamera2
 
 
-class Picamera2Source:
+class Picamera2Source(GrabbedSource):
     """A Raspberry Pi camera."""
 
     kind: ItemKind = "frame"
@@ -75,18 +75,6 @@ class Picamera2Source:
 
         self._grabber = Grabber(self.label, grab, lambda: _release(camera), f"grab-{self.name}")
         self._grabber.start()
-
-    def read(self, timeout_s: float) -> Array | None:
-        """The newest frame, or None when none came within `timeout_s`."""
-        if self._grabber is None:
-            raise SourceError(f"{self.label}: not open")
-        return self._grabber.read(timeout_s)
-
-    def close(self) -> None:
-        """Stops and releases the camera."""
-        grabber, self._grabber = self._grabber, None
-        if grabber is not None:
-            grabber.close()
 
 
 def _release(camera: Any) -> None:

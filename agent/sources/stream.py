@@ -19,9 +19,8 @@ import cv2
 
 from agent.errors import SourceError
 from agent.sources.base import ItemKind
-from agent.sources.capture import Grabber, capture_grabber
+from agent.sources.capture import GrabbedSource, Grabber, capture_grabber
 from agent.sources.config import StreamConfig
-from agent.types import Array
 
 FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 _ENV_LOCK = threading.Lock()
@@ -73,7 +72,7 @@ def open_ffmpeg(
                 os.environ[FFMPEG_OPTIONS_ENV] = saved
 
 
-class StreamSource:
+class StreamSource(GrabbedSource):
     """An RTSP or HTTP MJPEG camera."""
 
     kind: ItemKind = "frame"
@@ -102,15 +101,3 @@ class StreamSource:
             f"grab-{self.name}",
         )
         self._grabber.start()
-
-    def read(self, timeout_s: float) -> Array | None:
-        """The newest frame, or None when none came within `timeout_s`."""
-        if self._grabber is None:
-            raise SourceError(f"{self.label}: not open")
-        return self._grabber.read(timeout_s)
-
-    def close(self) -> None:
-        """Disconnects."""
-        grabber, self._grabber = self._grabber, None
-        if grabber is not None:
-            grabber.close()

@@ -16,9 +16,8 @@ import cv2
 
 from agent.errors import SourceError
 from agent.sources.base import ItemKind
-from agent.sources.capture import Grabber, capture_grabber
+from agent.sources.capture import GrabbedSource, Grabber, capture_grabber
 from agent.sources.config import V4L2Config
-from agent.types import Array
 
 log = logging.getLogger("agent.sources")
 
@@ -28,7 +27,7 @@ def fourcc_code(fourcc: str) -> int:
     return sum(ord(char) << (8 * i) for i, char in enumerate(fourcc[:4]))
 
 
-class V4L2Source:
+class V4L2Source(GrabbedSource):
     """A V4L2 camera by device path or index."""
 
     kind: ItemKind = "frame"
@@ -80,15 +79,3 @@ class V4L2Source:
             f"grab-{self.name}",
         )
         self._grabber.start()
-
-    def read(self, timeout_s: float) -> Array | None:
-        """The newest frame, or None when none came within `timeout_s`."""
-        if self._grabber is None:
-            raise SourceError(f"{self.label}: not open")
-        return self._grabber.read(timeout_s)
-
-    def close(self) -> None:
-        """Stops grabbing and releases the camera."""
-        grabber, self._grabber = self._grabber, None
-        if grabber is not None:
-            grabber.close()
