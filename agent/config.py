@@ -10,6 +10,7 @@ was expected and what was given. Nothing here does I/O except the `load_*` funct
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
@@ -30,6 +31,8 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10 (JetPack 6)
     import tomli as tomllib
+
+log = logging.getLogger("agent.config")
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/agent.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/edge-agent")
@@ -347,16 +350,23 @@ def load_config(
         data, text = read_toml(path)
         origin = str(path)
     file_config = parse_config(data, origin, text)
-    if use_overrides:
-        overrides = read_overrides(file_config.resolved_state_dir())
-        if overrides:
-            data = _deep_merge(data, overrides)
-            origin = f"{origin} + {file_config.resolved_state_dir() / OVERRIDES_NAME}"
     env = _env_layer(environ)
-    if env:
-        data = _deep_merge(data, env)
-        origin = f"{origin} + environment ({ENV_PREFIX}*)"
-    return parse_config(data, origin, text)
+    env_origin = f" + environment ({ENV_PREFIX}*)" if env else ""
+    if use_overrides:
+        # The remote layer must never keep a device from starting: an unreadable or no longer valid overrides file
+        # (damaged, or written by another agent version) is reported and skipped, and the file config runs.
+        overrides_path = file_config.resolved_state_dir() / OVERRIDES_NAME
+        try:
+            overrides = read_overrides(file_config.resolved_state_dir())
+            if overrides:
+                return parse_config(
+                    _deep_merge(_deep_merge(data, overrides), env),
+                    f"{origin} + {overrides_path}{env_origin}",
+                    text,
+                )
+        except ConfigError as problem:
+            log.error("ignoring the remote config overrides: %s", str(problem).replace("\n", "; "))
+    return parse_config(_deep_merge(data, env), origin + env_origin, text)
 
 
 def apply_patch(config: AgentConfig, patch: Mapping[str, Any]) -> AgentConfig:

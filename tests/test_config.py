@@ -84,3 +84,14 @@ def test_config_validate_cli_prints_every_error_without_a_traceback(tmp_path):
     path = write(tmp_path, "[pipeline]\nmax_rate_hz = 0\n[bogus]\nx = 1\n")
     result = run_cli("config", "validate", str(path))
     assert_clean_error(result, "pipeline.max_rate_hz", "bogus")
+
+
+def test_a_damaged_remote_overrides_file_is_skipped_so_the_device_still_starts(tmp_path, caplog):
+    state = tmp_path / "state"
+    state.mkdir()
+    path = write(tmp_path, f'state_dir = "{state}"\n[pipeline]\nmax_rate_hz = 4\n')
+    (state / "config-overrides.json").write_text('{"pipeline": 5}')
+    assert load_config(path, environ={}).pipeline.max_rate_hz == 4
+    (state / "config-overrides.json").write_text("{not json")
+    assert load_config(path, environ={"EDGE_AGENT__LOG_LEVEL": "debug"}).log_level == "debug"
+    assert "ignoring the remote config overrides" in caplog.text
