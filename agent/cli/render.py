@@ -40,7 +40,8 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def error(message: str) -> None:
-    """`edge-agent: error: ...` on stderr, one line per line of the message."""
+def error(message: str, prog: str = "edge-agent") -> None:
+    """`PROG: error: ...` on stderr, one line per line of the message."""
     for line in str(message).splitlines() or [""]:
-        sys.stderr.write(f"edge-agent: error: {line}\n")
+        sys.stderr.write(f"{prog}: error: {line}\n")
+    sys.stderr.flush()

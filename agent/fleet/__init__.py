@@ -1,0 +1,48 @@
+"""The operator's side of the fleet link: `edge-fleet` (status table, event stream, commands over MQTT 5).
+
+Public face:
+    main(argv) -> exit status                       the `edge-fleet` console script (agent/fleet/cli.py)
+    ConnectOptions, options_from_args               where and as whom to connect (flags, $EDGE_FLEET_*)
+    FleetClient                                     an operator's MQTT 5 connection (paho wrapped; no thread)
+    FleetTopics                                     the fleet's topic layout for any device, and reply topics
+    FleetView, DeviceRow                            devices folded from status, telemetry and events (pure)
+    EventStream                                     events de-duplicated by id and filtered by type (pure)
+    FleetError, UsageError, CommandFailed, NoReply, BrokerRefused   what goes wrong, with its exit status
+The wire contract is the agent's own (`agent.link.topics`, `agent.link.payloads`): the operator never re-states it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from agent.fleet.client import ConnectionLost, FleetClient
+from agent.fleet.errors import BrokerRefused, CommandFailed, FleetError, NoReply, UsageError
+from agent.fleet.layout import FleetTopics
+from agent.fleet.options import ConnectOptions, options_from_args
+from agent.fleet.stream import EventStream
+from agent.fleet.view import DeviceRow, FleetView
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs `edge-fleet` (imported here on use, so `python -m agent.fleet.cli` does not import its module twice)."""
+    from agent.fleet.cli import main as cli_main
+
+    return cli_main(argv)
+
+
+__all__ = [
+    "BrokerRefused",
+    "CommandFailed",
+    "ConnectOptions",
+    "ConnectionLost",
+    "DeviceRow",
+    "EventStream",
+    "FleetClient",
+    "FleetError",
+    "FleetTopics",
+    "FleetView",
+    "NoReply",
+    "UsageError",
+    "main",
+    "options_from_args",
+]

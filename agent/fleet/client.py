@@ -1,0 +1,336 @@
+"""The paho boundary for edge-fleet: one MQTT 5 client, driven from the caller's thread (no background thread).
+
+Invariants:
+- Every call into paho happens on the thread that made the `FleetClient`; paho's callbacks run inside `Client.loop`
+  and only record what happened. Connection state is what paho last reported: `connect` returns only after a success
+  CONNACK, and a lost connection raises `ConnectionLost` from the next `poll`.
+- No paho, ssl or socket exception leaves this module: each becomes a `ConnectFailed` subclass (the agent's own
+  diagnosis, with the operator's flag names in the hints), a `BrokerRefused`, or `ConnectionLost`.
+- The operator's session is clean (clean start, no session expiry): nothing is queued for an operator who left.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
+from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.fleet.errors import BrokerRefused
+from agent.fleet.options import ConnectOptions
+from agent.link import diagnose
+from agent.link.config import BackoffConfig
+from agent.link.errors import ConnectFailed, ConnectionRefused, TlsFailure
+from agent.link.mqtt import InboundMessage, build_client, certificate_problem, new_properties
+from agent.link.state import Backoff
+
+MQTT_LOG_ERR = 8
+ACK_TIMEOUT_S = 10.0
+LOOP_S = 0.1
+T = TypeVar("T")
+
+OPERATOR_HINTS: dict[int, str] = {
+    0x86: "bad user name or password: check --username and the password (--password-file, $EDGE_FLEET_PASSWORD)",
+    0x87: "not authorized: the broker refuses these credentials; check --username, the password "
+    "(--password-file, $EDGE_FLEET_PASSWORD) or the client certificate, and the broker's password file and ACL",
+}
+"""CONNACK hints that differ for an operator (the agent's name the device's password sources)."""
+OPERATOR_WORDS: tuple[tuple[str, str], ...] = (
+    ("tls.cert_file and tls.key_file", "--cert-file and --key-file"),
+    ("tls.ca_file", "--ca-file"),
+    ("is the device clock set?", "is this machine's clock set?"),
+)
+"""The agent's TLS hints name its config keys; an operator sets flags."""
+
+
+class ConnectionLost(ConnectFailed):
+    """An established connection closed (broker stopped, network gone, the broker disconnected us)."""
+
+
+def for_operator(problem: ConnectFailed) -> ConnectFailed:
+    """The same failure, its hint naming edge-fleet's flags instead of the agent's config keys."""
+    reason = problem.reason
+    if isinstance(problem, ConnectionRefused) and problem.rc in OPERATOR_HINTS:
+        reason = reason.rsplit(": ", 1)[0] + ": " + OPERATOR_HINTS[problem.rc]
+    for theirs, ours in OPERATOR_WORDS:
+        reason = reason.replace(theirs, ours)
+    return type(problem)(reason, rc=problem.rc)
+
+
+class FleetClient:
+    """An operator's MQTT 5 connection: connect, subscribe, publish, poll for messages, reconnect when asked."""
+
+    def __init__(self, options: ConnectOptions) -> None:
+        """Builds the client (LinkSetupError for unreadable TLS files); connects nothing yet."""
+        self.options = options
+        self._client, self._validity = build_client(
+            options.link_config(), options.client_id, options.password
+        )
+        # build_client uses the device id as the user name when none is set; an operator sends none unless told.
+        self._client.username_pw_set(
+            options.username, options.password.get_secret_value() if options.password is not None else None
+        )
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_publish = self._on_publish
+        self._client.on_log = self._on_log
+        self._connack: ReasonCode | None = None
+        self._server_disconnect: str | None = None
+        self._socket_error: str | None = None
+        self._inbox: list[InboundMessage] = []
+        self._subacks: dict[int, list[ReasonCode]] = {}
+        self._pubacks: dict[int, ReasonCode] = {}
+        self._filters: list[str] = []
+
+    # -- paho callbacks (record only) ------------------------------------------------------------------------------
+
+    def _on_connect(
+        self, _c: Client, _u: object, _f: ConnectFlags, reason: ReasonCode, _p: Properties | None
+    ) -> None:
+        self._connack = reason
+
+    def _on_disconnect(
+        self, _c: Client, _u: object, flags: DisconnectFlags, reason: ReasonCode, _p: Properties | None
+    ) -> None:
+        if flags.is_disconnect_packet_from_server:
+            self._server_disconnect = f"the broker disconnected us: {reason.getName()} ({reason.value})"
+
+    def _on_message(self, _c: Client, _u: object, message: MQTTMessage) -> None:
+        props = message.properties
+        correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        response = getattr(props, "ResponseTopic", None) if props is not None else None
+        self._inbox.append(
+            InboundMessage(
+                topic=message.topic,
+                payload=bytes(message.payload),
+                retain=bool(message.retain),
+                response_topic=response if isinstance(response, str) else None,
+                correlation=bytes(correlation) if isinstance(correlation, bytes | bytearray) else None,
+            )
+        )
+
+    def _on_subscribe(
+        self, _c: Client, _u: object, mid: int, reasons: list[ReasonCode], _p: Properties | None
+    ) -> None:
+        self._subacks[mid] = reasons
+
+    def _on_publish(self, _c: Client, _u: object, mid: int, reason: ReasonCode, _p: Properties) -> None:
+        self._pubacks[mid] = reason
+
+    def _on_log(self, _c: Client, _u: object, level: int, text: str) -> None:
+        if level == MQTT_LOG_ERR:
+            self._socket_error = text.removeprefix("failed to receive on socket: ")
+
+    # -- connection ------------------------------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Connects and waits for a success CONNACK; raises a ConnectFailed subclass naming the cause."""
+        where = self.options.where
+        self._connack, self._server_disconnect, self._socket_error = None, None, None
+        try:
+            rc = self._client.connect(
+                self.options.host,
+                self.options.effective_port,
+                keepalive=self.options.keepalive_s,
+                clean_start=True,
+            )
+        except Exception as problem:  # socket, ssl and paho errors alike: one diagnosis
+            failure = diagnose.connect_exception(problem, where)
+            if self.options.uses_tls and isinstance(problem, ConnectionResetError | ConnectionAbortedError):
+                failure = ConnectFailed(f"{failure.reason} (TLS is on: is this the broker's TLS port?)")
+            raise self._diagnosed(failure) from None
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._drop()
+            raise self._diagnosed(diagnose.lost(self._socket_error or f"paho error {rc.name}", False))
+        deadline = time.monotonic() + self.options.connect_timeout_s
+        while self._connack is None:
+            if time.monotonic() > deadline:
+                self._drop()
+                raise ConnectFailed(
+                    f"no answer from the broker at {where} within {self.options.connect_timeout_s:g} s "
+                    "(is it an MQTT port?)"
+                )
+            if self._loop(LOOP_S) != MQTTErrorCode.MQTT_ERR_SUCCESS and self._connack is None:
+                self._drop()
+                raise self._diagnosed(diagnose.lost(self._server_disconnect or self._socket_error, False))
+        if self._connack.is_failure:
+            code = self._connack
+            self._drop()
+            raise self._diagnosed(diagnose.refusal(code.value, code.getName()))
+
+    def reconnect(self, stop_at: float | None, notice: Callable[[str], None]) -> bool:
+        """After a lost connection: retries with backoff until connected and resubscribed; False at `stop_at`."""
+        backoff = Backoff(BackoffConfig(min_s=0.5, max_s=10.0))
+        filters = list(self._filters)
+        self._drop()
+        while True:
+            delay = backoff.next_delay()
+            if stop_at is not None and time.monotonic() + delay >= stop_at:
+                return False
+            time.sleep(delay)
+            self._filters = []
+            try:
+                self.connect()
+                self.subscribe(filters)  # a clean session: the broker forgot them
+            except ConnectFailed as problem:
+                self._filters = filters
+                notice(f"still disconnected: {problem.reason}")
+                continue
+            notice(f"reconnected to {self.options.where}")
+            return True
+
+    def close(self) -> None:
+        """Disconnects normally (idempotent, never raises)."""
+        try:
+            if self._client.is_connected():
+                self._client.disconnect()
+                for _ in range(10):
+                    if self._loop(0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        break
+        finally:
+            self._drop()
+
+    def __enter__(self) -> FleetClient:
+        self.connect()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- traffic ---------------------------------------------------------------------------------------------------
+
+    def subscribe(self, filters: list[str]) -> None:
+        """Subscribes (QoS 1) and waits for the SUBACK; BrokerRefused if a filter is refused."""
+        if not filters:
+            return
+        try:
+            rc, mid = self._client.subscribe([(topic_filter, 1) for topic_filter in filters])
+        except ValueError as problem:
+            raise BrokerRefused(f"cannot subscribe to {filters}: {problem}") from None
+        self._check(rc)
+        assert mid is not None  # paho gives a mid whenever rc is success
+        reasons = self._wait(lambda: self._subacks.pop(mid, None), "SUBACK")
+        self._filters.extend(filters)
+        for topic_filter, reason in zip(filters, reasons, strict=False):
+            if reason.is_failure:
+                raise BrokerRefused(
+                    f"the broker refused the subscription to {topic_filter}: {reason.getName()} ({reason.value})"
+                )
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        response_topic: str | None = None,
+        correlation: bytes | None = None,
+    ) -> None:
+        """Publishes at QoS 1 (with MQTT 5 response topic and correlation data) and waits for the PUBACK."""
+        properties = None
+        if response_topic is not None or correlation is not None:
+            properties = new_properties(PacketTypes.PUBLISH)
+            if response_topic is not None:
+                properties.ResponseTopic = response_topic
+            if correlation is not None:
+                properties.CorrelationData = correlation
+        try:
+            info = self._client.publish(topic, payload, qos=1, properties=properties)
+        except ValueError as problem:
+            raise BrokerRefused(f"cannot publish to {topic}: {problem}") from None
+        self._check(info.rc)
+        reason = self._wait(lambda: self._pubacks.pop(info.mid, None), "PUBACK")
+        if reason.is_failure:
+            raise BrokerRefused(
+                f"the broker refused the message to {topic}: {reason.getName()} ({reason.value})"
+            )
+
+    def poll(self, timeout_s: float) -> list[InboundMessage]:
+        """Runs the network for up to `timeout_s` (less when a message comes); the messages received since last time."""
+        if self._loop(timeout_s) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._lost()
+        messages, self._inbox = self._inbox, []
+        return messages
+
+    def messages(
+        self, stop_at: float | None, tick_s: float, notice: Callable[[str], None] | None = None
+    ) -> Iterator[InboundMessage | None]:
+        """Yields messages as they come, and None at least every `tick_s`, until `stop_at` (monotonic; None: never).
+
+        With `notice`, a lost connection is reported through it and retried with backoff (subscriptions renewed);
+        without, it raises ConnectionLost."""
+        next_tick = time.monotonic() + tick_s
+        while stop_at is None or time.monotonic() < stop_at:
+            now = time.monotonic()
+            wait = min(next_tick, stop_at if stop_at is not None else next_tick) - now
+            try:
+                batch = self.poll(max(0.0, wait))
+            except ConnectionLost as problem:
+                if notice is None:
+                    raise
+                notice(f"{problem.reason}; reconnecting")
+                if not self.reconnect(stop_at, notice):
+                    return
+                batch = []
+            yield from batch
+            if time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + tick_s
+                yield None
+
+    # -- helpers ---------------------------------------------------------------------------------------------------
+
+    def _loop(self, timeout_s: float) -> MQTTErrorCode:
+        try:
+            return self._client.loop(timeout=timeout_s)
+        except Exception as problem:  # paho raises for some socket states: a lost connection
+            self._socket_error = f"{type(problem).__name__}: {problem}"
+            return MQTTErrorCode.MQTT_ERR_CONN_LOST
+
+    def _wait(self, take: Callable[[], T | None], what: str) -> T:
+        """Runs the network until `take` returns something (an ack paho recorded); ConnectFailed after a while."""
+        deadline = time.monotonic() + ACK_TIMEOUT_S
+        while True:
+            found = take()
+            if found is not None:
+                return found
+            if time.monotonic() > deadline:
+                raise ConnectFailed(
+                    f"no {what} from the broker at {self.options.where} within {ACK_TIMEOUT_S:g} s"
+                )
+            if self._loop(LOOP_S) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._lost()
+
+    def _check(self, rc: MQTTErrorCode) -> None:
+        if rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+            self._lost()
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise BrokerRefused(f"paho refused the request: {rc.name}")
+
+    def _lost(self) -> None:
+        text = self._server_disconnect or self._socket_error
+        self._drop()
+        raise ConnectionLost(diagnose.lost(text, connected=True).reason)
+
+    def _diagnosed(self, problem: ConnectFailed) -> ConnectFailed:
+        if isinstance(problem, TlsFailure):
+            problem = diagnose.with_client_certificate(problem, certificate_problem(self._validity))
+        return for_operator(problem)
+
+    def _drop(self) -> None:
+        """Closes the socket if paho has not already (after a failure), and forgets unacknowledged messages."""
+        if self._client.socket() is not None:
+            try:
+                self._client.disconnect()
+                self._client.loop(timeout=0.0)
+            except Exception:  # closing a half-open socket can raise; nothing more to do
+                pass
+        self._client.drop_out_messages()
+
+
+__all__ = ["ConnectionLost", "FleetClient", "for_operator"]
