@@ -233,7 +233,16 @@ class AgentConfig(Section):
 def _deep_merge(base: dict[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in patch.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+        current = merged.get(key)
+        if (
+            isinstance(value, Mapping)
+            and isinstance(current, dict)
+            and value.get("type", current.get("type")) != current.get("type")
+        ):
+            merged[key] = dict(
+                value
+            )  # another kind of section (a new source type): its keys replace the old ones
+        elif isinstance(value, Mapping) and isinstance(current, dict):
             merged[key] = _deep_merge(merged[key], value)
         else:
             merged[key] = value

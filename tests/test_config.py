@@ -95,3 +95,10 @@ def test_a_damaged_remote_overrides_file_is_skipped_so_the_device_still_starts(t
     (state / "config-overrides.json").write_text("{not json")
     assert load_config(path, environ={"EDGE_AGENT__LOG_LEVEL": "debug"}).log_level == "debug"
     assert "ignoring the remote config overrides" in caplog.text
+
+
+def test_a_patch_that_changes_the_source_type_replaces_the_section():
+    patched = apply_patch(AgentConfig(), {"source": {"type": "synthetic", "rate_hz": 20}})
+    assert patched.source.type == "synthetic" and patched.source.rate_hz == 20  # type: ignore[union-attr]
+    same = apply_patch(patched, {"source": {"rate_hz": 10}})
+    assert same.source.type == "synthetic" and same.source.rate_hz == 10  # type: ignore[union-attr]

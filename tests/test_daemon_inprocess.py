@@ -114,3 +114,29 @@ def test_a_candidate_that_does_not_fit_the_source_is_refused_and_service_goes_on
     finally:
         daemon.request_stop()
         thread.join(10)
+
+
+def test_a_config_change_that_fails_halfway_leaves_the_previous_config_serving(folder):
+    from agent.config import apply_patch
+    from agent.errors import AgentError
+
+    daemon = Daemon(load_config(folder.config, environ={}), folder.config)
+    thread = run_in_thread(daemon)
+    try:
+        unwritable = apply_patch(
+            daemon.config, {"sinks": {"jsonl": {"enabled": True, "path": "/proc/no/such.jsonl"}}}
+        )
+        with pytest.raises(AgentError):
+            daemon.apply_config(unwritable)
+        wrong_source = apply_patch(
+            daemon.config, {"source": {"type": "synthetic"}}
+        )  # windows for an image model
+        with pytest.raises(AgentError, match="sensor windows"):
+            daemon.apply_config(wrong_source)
+        assert daemon.config.source.type == "video" and not daemon.config.sinks.jsonl.enabled
+        before = processed(daemon.status())
+        wait_for(lambda: processed(daemon.status()) > before + 3, 10, "service going on")
+        assert daemon.status()["loop"]["alive"]
+    finally:
+        daemon.request_stop()
+        thread.join(10)

@@ -377,7 +377,7 @@ class Daemon:
             return
         try:
             self.apply_config(new)
-        except AgentError as problem:
+        except Exception as problem:  # whatever went wrong, the running config stays
             self.config = old
             self.report("error", "error", f"config reload failed, keeping the running config: {problem}")
         self.notifier.ready(self._status_line())
@@ -399,24 +399,35 @@ class Daemon:
             else:
                 candidate = None
             self.config = new
-            if candidate is not None:
-                self._stop_pipeline()
-                if self._active is not None:
-                    self._active.model.close()
-                self._active = candidate
-                self._start_pipeline()
-            elif {"source", "pipeline", "monitor"} & set(changed):
-                self._stop_pipeline()
-                if "source" in changed and self._active is not None:
-                    self._active = bind_model(
-                        self._active.model, self._source_kind(new), self._source_channels(new)
-                    )
-                self._start_pipeline()
-            elif "sinks" in changed and self._loop is not None:
-                old_sinks, self._sinks = self._sinks, self._make_sinks(new)
-                self._loop.set_sinks([*self._sinks, *self._link_sinks()])
-                for sink in old_sinks:
-                    sink.close()
+            previous_active = self._active
+            try:
+                if candidate is not None or {"source", "pipeline", "monitor"} & set(changed):
+                    following = candidate or previous_active
+                    if candidate is None and "source" in changed and previous_active is not None:
+                        following = bind_model(
+                            previous_active.model, self._source_kind(new), self._source_channels(new)
+                        )
+                    self._stop_pipeline()
+                    self._active = following
+                    self._start_pipeline()
+                    if candidate is not None and previous_active is not None:
+                        previous_active.model.close()
+                elif "sinks" in changed and self._loop is not None:
+                    old_sinks, self._sinks = self._sinks, self._make_sinks(new)
+                    self._loop.set_sinks([*self._sinks, *self._link_sinks()])
+                    for sink in old_sinks:
+                        sink.close()
+            except Exception as problem:  # back to what ran before, so the device keeps working
+                self.config = old
+                if candidate is not None:
+                    candidate.model.close()
+                self._active = previous_active
+                if self._loop is None or not self._loop.alive():
+                    self._stop_pipeline()
+                    self._start_pipeline()
+                if isinstance(problem, AgentError):
+                    raise
+                raise AgentError(f"{type(problem).__name__}: {problem}") from None
             if {"link", "outbox", "device"} & set(changed):
                 if self.link is not None:
                     self.link.stop()
