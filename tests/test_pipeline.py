@@ -182,3 +182,16 @@ def test_max_rate_duty_cycles_the_worker(scene):
     producer.join()
     assert loop.stop()
     assert 10 <= len(seen.records) <= 25, len(seen.records)
+
+
+def test_a_staged_window_keeps_its_own_input_for_the_reconstruction_score():
+    model = Model.load(MODELS / "motion-ae-onnx")
+    rng = np.random.default_rng(1)
+    first = rng.standard_normal((50, 6)).astype(np.float32)
+    other = (rng.standard_normal((50, 6)) * 40 + 25).astype(np.float32)
+    alone = model.infer(first).score
+    loop = InferenceLoop(bind_model(model, "window", None), LatestMailbox())
+    staged_first = loop._prepare(loop.active, Item(first, 0, 0.0, 0.0, "window"))
+    loop._prepare(loop.active, Item(other, 1, 0.0, 0.0, "window"))  # the capture thread stages the next window
+    result = model.decode(model.invoke(staged_first.tensor), staged_first)
+    assert result.score == pytest.approx(alone, rel=1e-5)

@@ -27,6 +27,8 @@ class Prepared:
 
     tensor: Array
     frame_map: FrameMap | None = None
+    normalized: FloatArray | None = None
+    """For sensor windows: the float normalised window (what a reconstruction score compares the output with)."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ class Model:
             tensor, frame_map = self._image(data)
             return Prepared(tensor, frame_map)
         if self._window is not None:
-            return Prepared(self._window(data))
+            return Prepared(self._window(data), normalized=self._window.normalized)
         assert self._tensor is not None
         return Prepared(self._tensor(data))
 
@@ -132,7 +134,9 @@ class Model:
         """Dequantizes and decodes raw outputs into a result."""
         context = DecodeContext(frame_map=prepared.frame_map)
         if self._needs_input:
-            context.normalized_input = self._real_input(prepared.tensor)
+            context.normalized_input = (
+                prepared.normalized if prepared.normalized is not None else self._real_input(prepared.tensor)
+            )
         return self._decoder(self.dequantize(outputs), context)
 
     def _real_input(self, tensor: Array) -> FloatArray:

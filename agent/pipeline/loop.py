@@ -179,11 +179,11 @@ class InferenceLoop:
     def _prepare(self, active: ActiveModel, item: Item) -> Prepared:
         with self._prepare_lock:
             prepared = active.model.prepare(active.adapt(item))
-            return (
-                Prepared(prepared.tensor.copy(), prepared.frame_map)
-                if self.settings.stage_on_capture
-                else prepared
-            )
+            if not self.settings.stage_on_capture:
+                return prepared
+            # the pre-processor reuses its buffers: a staged item keeps copies of its own
+            normalized = prepared.normalized.copy() if prepared.normalized is not None else None
+            return Prepared(prepared.tensor.copy(), prepared.frame_map, normalized)
 
     def busy_s(self, now: float | None = None) -> float:
         """How long the item in flight has been in the model (0 when idle)."""
