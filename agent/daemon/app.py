@@ -11,6 +11,7 @@ Invariants:
 from __future__ import annotations
 
 import faulthandler
+import functools
 import logging
 import queue
 import signal
@@ -124,25 +125,39 @@ class Daemon:
             while not self._stop.wait(TICK_S):
                 now = time.monotonic()
                 if now >= next_system:
-                    self._system_sample = self.system.sample()
+                    self._guard("system probe", self._sample_system)
                     next_system = now + self.config.monitor.system_interval_s
                 if self._reload.is_set():
                     self._reload.clear()
-                    self.reload()
+                    self._guard("reload", self.reload)
                 self._run_scheduled()
                 if self._restart.is_set():
                     self._restart.clear()
-                    self.restart_pipeline()
-                if self.link is not None:
-                    self.link.tick(now)
-                self.notifier.status(self._status_line())
+                    self._guard("pipeline restart", self.restart_pipeline)
+                link = self.link
+                if link is not None:
+                    self._guard("fleet link", functools.partial(link.tick, now))
+                self._guard("status", lambda: self.notifier.status(self._status_line()))
                 if on_tick is not None:
-                    on_tick(self)
+                    self._guard("live view", lambda: on_tick(self))
                 if deadline is not None and now >= deadline:
                     break
         finally:
             self.stop()
         return self.exit_code
+
+    def _sample_system(self) -> None:
+        self._system_sample = self.system.sample()
+
+    def _guard(self, what: str, step: Callable[[], object]) -> None:
+        """Runs one supervision step; whatever it raises is reported, and the daemon goes on."""
+        try:
+            step()
+        except AgentError as problem:
+            self.report("error", "error", f"{what} failed: {problem}")
+        except Exception as problem:
+            log.exception("%s failed", what)
+            self.report("error", "error", f"{what} failed: {type(problem).__name__}: {problem}")
 
     def schedule(self, work: Callable[[], object]) -> None:
         """Runs `work` on the main thread at the next tick (for command handlers that change the pipeline)."""
@@ -184,9 +199,11 @@ class Daemon:
             self.link.stop()
         if self._control is not None:
             self._control.stop()
+        stuck = self._loop is not None and self._loop.alive()
         with self._lock:
             for active in (self._active, self._previous):
-                if active is not None:
+                # a model still inside a hung invoke is left to the process exit: closing it could crash natively
+                if active is not None and not (stuck and active is self._active):
                     active.model.close()
             self._active = self._previous = None
         log.info("stopped")
@@ -224,12 +241,12 @@ class Daemon:
         channels = getattr((config or self.config).source, "channels", None)
         return tuple(channels) if channels else None
 
-    def _start_pipeline(self) -> None:
+    def _start_pipeline(self, local_sinks: bool = True) -> None:
         config = self.config
         assert self._active is not None
         self._mailbox = LatestMailbox()
+        self._sinks = self._make_sinks(config) if local_sinks else []
         self.monitors = Monitors(self, self._active)
-        self._sinks = self._make_sinks(config)
         self._loop = InferenceLoop(
             self._active,
             self._mailbox,
@@ -248,8 +265,8 @@ class Daemon:
 
     def _stop_pipeline(self) -> None:
         if self._runner is not None:
-            self._runner.stop()
-        if self._loop is not None and not self._loop.stop(1.5):
+            self._runner.stop(0.5)
+        if self._loop is not None and not self._loop.stop(1.0):
             log.warning("the inference thread is stuck in an invoke; leaving it behind")
         for sink in self._sinks:
             try:
@@ -266,6 +283,16 @@ class Daemon:
             self._stop_pipeline()
             self._start_pipeline()
         self.report("source", "info", "pipeline restarted")
+
+    def _restart_after_failure(self) -> None:
+        """After a failed change: a clean pipeline with the running config (local sinks off if they were the cause)."""
+        self._stop_pipeline()
+        try:
+            self._start_pipeline()
+        except Exception as problem:
+            log.error("pipeline restart failed (%s); retrying without local sinks", problem)
+            self._stop_pipeline()
+            self._start_pipeline(local_sinks=False)
 
     def _make_sinks(self, config: AgentConfig) -> list[Sink]:
         sinks: list[Sink] = []
@@ -326,7 +353,7 @@ class Daemon:
             loop = self._loop
             assert loop is not None
             old = loop.swap(candidate)
-            if self._previous is not None and self._previous is not old:
+            if self._previous is not None and self._previous is not old and self._previous is not candidate:
                 self._previous.model.close()
             self._previous, self._active = old, candidate
             if self.monitors is not None:
@@ -395,7 +422,11 @@ class Daemon:
                 "source" in changed and self._source_kind(new) != self._source_kind(old)
             ):
                 model = self._load(self._bundle_path(new), new)
-                candidate = bind_model(model, self._source_kind(new), self._source_channels(new))
+                try:
+                    candidate = bind_model(model, self._source_kind(new), self._source_channels(new))
+                except ModelError:
+                    model.close()
+                    raise
             else:
                 candidate = None
             self.config = new
@@ -422,9 +453,7 @@ class Daemon:
                 if candidate is not None:
                     candidate.model.close()
                 self._active = previous_active
-                if self._loop is None or not self._loop.alive():
-                    self._stop_pipeline()
-                    self._start_pipeline()
+                self._restart_after_failure()
                 if isinstance(problem, AgentError):
                     raise
                 raise AgentError(f"{type(problem).__name__}: {problem}") from None
@@ -487,7 +516,7 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         """Everything `edge-agent status` shows, JSON-ready."""
-        active, loop = self._active, self._loop
+        active, loop, previous = self._active, self._loop, self._previous
         model: dict[str, Any] | None = None
         if active is not None:
             model = {**self._model_evidence(active.model), "task": active.model.manifest.task}
@@ -499,7 +528,7 @@ class Daemon:
                 "state_dir": str(self.state_dir),
             },
             "model": model,
-            "previous_model": self._model_evidence(self._previous.model) if self._previous else None,
+            "previous_model": self._model_evidence(previous.model) if previous is not None else None,
             "sources": [self._runner.status().to_dict()] if self._runner else [],
             "loop": {
                 "alive": loop.alive() if loop else False,

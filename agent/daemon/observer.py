@@ -8,6 +8,7 @@ with the count in between, so a broken input stream cannot flood the fleet.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -149,13 +150,20 @@ class Monitors(LoopObserver):
             except Exception as problem:
                 log.warning("could not report %s event: %s", event.type, problem)
 
-    def close(self) -> None:
-        """Stops the writer thread after what is queued."""
-        try:
-            self._writes.put(None, timeout=1.0)
-        except queue.Full:
-            return
-        self._writer.join(2.0)
+    def close(self, timeout_s: float = 0.5) -> None:
+        """Stops the writer thread; events still queued after `timeout_s` are dropped (a stop must stay fast)."""
+        with contextlib.suppress(queue.Full):
+            self._writes.put(None, timeout=timeout_s)
+        self._writer.join(timeout_s)
+        if self._writer.is_alive():
+            while True:
+                try:
+                    self._writes.get_nowait()
+                    self.write_drops += 1
+                except queue.Empty:
+                    break
+            with contextlib.suppress(queue.Full):
+                self._writes.put_nowait(None)
 
     # ------------------------------------------------------------------ readers (any thread)
 

@@ -36,7 +36,7 @@ class Sink(Protocol):
 class ThreadedSink:
     """Runs a slow consumer on its own thread behind a bounded queue; overflow is dropped and counted."""
 
-    def __init__(self, name: str, consume: Callable[[ResultRecord], None], capacity: int = 256) -> None:
+    def __init__(self, name: str, consume: Callable[[ResultRecord], None], capacity: int = 32) -> None:
         self.name = name
         self._consume = consume
         self._queue: queue.Queue[ResultRecord | None] = queue.Queue(maxsize=capacity)
@@ -64,11 +64,22 @@ class ThreadedSink:
                 if self.errors == 1 or self.errors % 1000 == 0:
                     log.warning("sink %s failed (%d so far): %s", self.name, self.errors, problem)
 
-    def close(self, timeout_s: float = 2.0) -> None:
-        """Drains what is queued (up to `timeout_s`) and stops the thread."""
+    def close(self, timeout_s: float = 0.5) -> None:
+        """Stops the thread: what is still queued after `timeout_s` is dropped (a stop must stay fast)."""
         with contextlib.suppress(queue.Full):
             self._queue.put(None, timeout=timeout_s)
         self._thread.join(timeout_s)
+        if (
+            self._thread.is_alive()
+        ):  # the consumer is stuck or far behind: drop the backlog, then tell it to stop
+            while True:
+                try:
+                    self._queue.get_nowait()
+                    self.dropped += 1
+                except queue.Empty:
+                    break
+            with contextlib.suppress(queue.Full):
+                self._queue.put_nowait(None)
 
 
 class JsonLinesSink:
@@ -112,7 +123,7 @@ class JsonLinesSink:
 class CallbackSink:
     """Hands records to a callable on a worker thread (used by the fleet link)."""
 
-    def __init__(self, name: str, callback: Callable[[ResultRecord], None], capacity: int = 256) -> None:
+    def __init__(self, name: str, callback: Callable[[ResultRecord], None], capacity: int = 32) -> None:
         self.name = name
         self._worker = ThreadedSink(name, callback, capacity)
 

@@ -37,7 +37,9 @@ def tune_malloc() -> bool:
     libc = _libc()
     if libc is None:
         return False
-    ok = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(libc.mallopt(M_ARENA_MAX, ARENA_MAX))
+    ok = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
+        libc.mallopt(M_ARENA_MAX, ARENA_MAX)
+    )
     log.debug("malloc tuning %s", "applied" if ok else "refused")
     return ok
 
