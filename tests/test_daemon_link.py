@@ -56,7 +56,9 @@ def operator(broker: Broker, peers: Callable[..., PahoPeer]) -> PahoPeer:
     return peer
 
 
-def next_on(peer: PahoPeer, topic: str, predicate: Callable[[Any], bool] = lambda _: True, timeout_s: float = 20) -> Any:
+def next_on(
+    peer: PahoPeer, topic: str, predicate: Callable[[Any], bool] = lambda _: True, timeout_s: float = 20
+) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         message = peer.next_message(max(0.1, deadline - time.monotonic()))
@@ -85,8 +87,12 @@ def test_daemon_reports_status_telemetry_and_results_to_the_fleet(broker, folder
     process = start_daemon(folder)
     try:
         status = next_on(operator, f"{ROOT}/status", lambda d: d["state"] == "online" and d["sources"])
-        assert status["model"] == {"name": "digits-det", "version": 1} and status["sources"] == {"video": "connected"}
-        telemetry = next_on(operator, f"{ROOT}/telemetry", lambda d: d["metrics"]["counters"]["processed"] > 0)
+        assert status["model"] == {"name": "digits-det", "version": 1} and status["sources"] == {
+            "video": "connected"
+        }
+        telemetry = next_on(
+            operator, f"{ROOT}/telemetry", lambda d: d["metrics"]["counters"]["processed"] > 0
+        )
         metrics = telemetry["metrics"]
         assert metrics["latency_ms"]["invoke"]["p99"] > 0 and "system" in metrics and telemetry["schema"] == 1
         result = next_on(operator, f"{ROOT}/results")
@@ -122,10 +128,22 @@ def test_remote_commands_change_the_running_daemon_and_persist(broker, folder, o
 
         reply = ask(operator, "set-config", {"patch": {"pipeline": {"max_rate_hz": 2}}})
         assert reply.status == "ok" and reply.data["applied_live"] == ["pipeline"], reply
-        overrides = json.loads((folder.state / "config-overrides.json").read_text())
-        assert overrides == {"pipeline": {"max_rate_hz": 2}}
+        overrides = folder.state / "config-overrides.json"
+        wait_for(lambda: overrides.exists(), 10, "the patch persisted once applied")
+        assert json.loads(overrides.read_text()) == {"pipeline": {"max_rate_hz": 2}}
+
+        reply = ask(operator, "set-config", {"patch": {"model": {"bundle": "/no/such/bundle"}}})
+        assert reply.status == "ok" and reply.data["applied_live"] == ["model"]  # valid as config...
+        wait_status(
+            folder, lambda s: any("no/such/bundle" in e["message"] for e in s["events"]), 15, "the failure"
+        )
+        assert "model" not in json.loads(
+            overrides.read_text()
+        )  # ...but never persisted, since it did not load
         time.sleep(12)  # let the 10 s rate window forget the 10 fps before the change
-        data = wait_status(folder, lambda s: s["metrics"]["rates"]["processed_per_s"] <= 2.5, 10, "duty cycling")
+        data = wait_status(
+            folder, lambda s: s["metrics"]["rates"]["processed_per_s"] <= 2.5, 10, "duty cycling"
+        )
         assert data["loop"]["alive"]
 
         reply = ask(operator, "set-config", {"patch": {"pipeline": {"max_rate_hz": -5}}})
@@ -133,7 +151,9 @@ def test_remote_commands_change_the_running_daemon_and_persist(broker, folder, o
 
         reply = ask(operator, "snapshot", {"max_bytes": 30000})
         assert reply.status == "ok" and reply.data["bytes"] <= 30000
-        image = cv2.imdecode(np.frombuffer(base64.b64decode(reply.data["jpeg_base64"]), np.uint8), cv2.IMREAD_COLOR)
+        image = cv2.imdecode(
+            np.frombuffer(base64.b64decode(reply.data["jpeg_base64"]), np.uint8), cv2.IMREAD_COLOR
+        )
         assert image is not None and image.shape[:2] == (reply.data["height"], reply.data["width"])
 
         reply = ask(operator, "set-results-policy", {"mode": "on_change", "max_per_s": 1})
@@ -146,7 +166,10 @@ def test_remote_commands_change_the_running_daemon_and_persist(broker, folder, o
         reply = ask(operator, "restart-pipeline")
         assert reply.status == "ok"
         wait_status(
-            folder, lambda s: any(e["message"] == "pipeline restarted" for e in s["events"]), 15, "the restart"
+            folder,
+            lambda s: any(e["message"] == "pipeline restarted" for e in s["events"]),
+            15,
+            "the restart",
         )
         assert wait_status(folder, lambda s: True, 5, "status")["agent"]["uptime_s"] >= before
 
@@ -171,7 +194,9 @@ def test_anomaly_events_reach_the_fleet_with_a_snapshot_kept_on_disk(broker, fol
     folder.write(config(broker, '[monitor.anomaly]\nlabels = ["2"]\nmin_score = 0.5\ncooldown_s = 1\n'))
     process = start_daemon(folder)
     try:
-        event = next_on(operator, f"{ROOT}/events", lambda d: d["type"] == "anomaly" and d["snapshot"], timeout_s=40)
+        event = next_on(
+            operator, f"{ROOT}/events", lambda d: d["type"] == "anomaly" and d["snapshot"], timeout_s=40
+        )
         assert len(event["id"]) == 32 and event["device"] == DEVICE
         assert (folder.state / "snapshots" / event["snapshot"]).stat().st_size > 1000
     finally:
@@ -189,9 +214,7 @@ def test_events_made_while_the_broker_is_down_arrive_once_it_is_up(broker, folde
         broker.start()
         peer = peers(broker, "late-op")
         peer.subscribe(f"{ROOT}/events")
-        got = wait_for(
-            lambda: (lambda m: json.loads(m.payload))(peer.next_message(20)), 30, "an event"
-        )
+        got = wait_for(lambda: (lambda m: json.loads(m.payload))(peer.next_message(20)), 30, "an event")
         ids = {got["id"]}
         deadline = time.monotonic() + 10
         while model_event["id"] not in ids and time.monotonic() < deadline:

@@ -412,8 +412,9 @@ class Daemon:
     def apply_config(self, new: AgentConfig, only: set[str] | None = None) -> list[str]:
         """Applies a new config live where it can (only the `only` sections, if given); returns what changed."""
         changed = _changed_sections(self.config, new)
-        if only is not None:
+        if only is not None:  # adopt just those sections; the others keep running as they are
             changed = [section for section in changed if section in only]
+            new = self.config.model_copy(update={section: getattr(new, section) for section in changed})
         with self._lock:
             old = self.config
             if "log_level" in changed:
@@ -432,7 +433,7 @@ class Daemon:
             self.config = new
             previous_active = self._active
             try:
-                if candidate is not None or {"source", "pipeline", "monitor"} & set(changed):
+                if candidate is not None or {"source", "pipeline", "monitor", "snapshots"} & set(changed):
                     following = candidate or previous_active
                     if candidate is None and "source" in changed and previous_active is not None:
                         following = bind_model(

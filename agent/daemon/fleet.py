@@ -179,21 +179,38 @@ class FleetLink:
         return {"config": self._daemon.config.public_dict()}
 
     def _set_config(self, args: SetConfigArgs) -> dict[str, Any]:
+        """Validates the patch now; live sections are applied on the main thread and persisted only once they work.
+
+        A change that cannot be applied (a model that does not load, a sink path that cannot be written) is reported
+        as an `error` event and never persisted, so it cannot keep the device from starting after a reboot. Sections
+        that only take effect at a restart (link, device, outbox, state_dir, control) are persisted at once.
+        """
         daemon = self._daemon
         try:
-            new = apply_patch(daemon.config, args.patch)
+            apply_patch(daemon.config, args.patch)
         except AgentError as problem:
             raise CommandError(f"invalid patch: {problem}") from None
-        changed = [key for key in args.patch if key in type(new).model_fields]
-        try:
-            save_overrides(daemon.state_dir, args.patch)
-        except (OSError, AgentError) as problem:
-            raise CommandError(f"cannot persist the patch: {problem}") from None
-        live = sorted(set(changed) & LIVE_SECTIONS)
-        later = sorted(set(changed) - LIVE_SECTIONS)
+        sections = [key for key in args.patch if key in type(daemon.config).model_fields]
+        live = sorted(set(sections) & LIVE_SECTIONS)
+        later = sorted(set(sections) - LIVE_SECTIONS)
+        if later:
+            try:
+                save_overrides(daemon.state_dir, {key: args.patch[key] for key in later})
+            except (OSError, AgentError) as problem:
+                raise CommandError(f"cannot persist the patch: {problem}") from None
         if live:
-            daemon.schedule(lambda: daemon.apply_config(new, only=set(live)))
-        return {"persisted": True, "applied_live": live, "applied_on_restart": later}
+            live_patch = {key: args.patch[key] for key in live}
+
+            def apply_then_persist() -> None:
+                fresh = apply_patch(daemon.config, live_patch)  # on the config running now, not a stale copy
+                daemon.apply_config(fresh, only=set(live))
+                save_overrides(daemon.state_dir, live_patch)
+                daemon.report(
+                    "model" if "model" in live else "source", "info", f"set-config applied: {', '.join(live)}"
+                )
+
+            daemon.schedule(apply_then_persist)
+        return {"validated": True, "applied_live": live, "applied_on_restart": later}
 
     def _snapshot(self, args: SnapshotArgs) -> dict[str, Any]:
         item = self._daemon.latest_item()
