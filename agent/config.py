@@ -264,6 +264,14 @@ def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
         node = layer
         for part in path[:-1]:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(
+                    f"environment: {name} sets a key below {part}, which another variable sets to a value"
+                )
+        if isinstance(node.get(path[-1]), dict):
+            raise ConfigError(
+                f"environment: {name} sets a whole section that other {ENV_PREFIX}* variables set keys of"
+            )
         node[path[-1]] = value
     return layer
 
@@ -353,13 +361,16 @@ def load_config(
     environ = os.environ if environ is None else environ
     data: dict[str, Any] = {}
     text, origin = "", "defaults"
-    if path is None and DEFAULT_CONFIG_PATH.exists():
+    if path is None and _exists(DEFAULT_CONFIG_PATH):
         path = DEFAULT_CONFIG_PATH
     if path is not None:
         data, text = read_toml(path)
         origin = str(path)
-    file_config = parse_config(data, origin, text)
     env = _env_layer(environ)
+    # the state dir (where the remote overrides live) as the file and the environment set it
+    file_config = parse_config(
+        _deep_merge(data, {"state_dir": env["state_dir"]} if "state_dir" in env else {}), origin, text
+    )
     env_origin = f" + environment ({ENV_PREFIX}*)" if env else ""
     if use_overrides:
         # The remote layer must never keep a device from starting: an unreadable or no longer valid overrides file
@@ -376,6 +387,13 @@ def load_config(
         except ConfigError as problem:
             log.error("ignoring the remote config overrides: %s", str(problem).replace("\n", "; "))
     return parse_config(_deep_merge(data, env), origin + env_origin, text)
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # an unreadable /etc/edge-agent (another user): as if there were no file
+        return False
 
 
 def apply_patch(config: AgentConfig, patch: Mapping[str, Any]) -> AgentConfig:

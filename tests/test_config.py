@@ -102,3 +102,18 @@ def test_a_patch_that_changes_the_source_type_replaces_the_section():
     assert patched.source.type == "synthetic" and patched.source.rate_hz == 20  # type: ignore[union-attr]
     same = apply_patch(patched, {"source": {"rate_hz": 10}})
     assert same.source.type == "synthetic" and same.source.rate_hz == 10  # type: ignore[union-attr]
+
+
+def test_conflicting_environment_variables_are_a_config_error_not_a_crash():
+    with pytest.raises(ConfigError, match="environment"):
+        load_config(
+            None, environ={"EDGE_AGENT__MODEL": "1", "EDGE_AGENT__MODEL__BUNDLE": "x"}, use_overrides=False
+        )
+
+
+def test_overrides_are_read_from_the_state_dir_the_environment_sets(tmp_path):
+    state = tmp_path / "env-state"
+    save_overrides(state, {"pipeline": {"max_rate_hz": 3}})
+    path = write(tmp_path, "")
+    config = load_config(path, environ={"EDGE_AGENT__STATE_DIR": str(state)})
+    assert config.pipeline.max_rate_hz == 3 and config.state_dir == state
