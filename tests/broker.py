@@ -400,6 +400,46 @@ def kill_process(process: subprocess.Popen[Any]) -> None:
 # -- fixtures ---------------------------------------------------------------------------------------------------------
 
 
+SHIPPED_MOSQUITTO = ROOT / "firmware-config" / "mosquitto"
+
+
+def shipped_acl_broker(broker_factory: Callable[..., Broker], certs: Path) -> Broker:
+    """Mosquitto running the shipped mosquitto.conf and ACL (mutual TLS), with the test PKI, on a free local port."""
+    conf = (SHIPPED_MOSQUITTO / "mosquitto.conf").read_text()
+
+    def rewrite(port: int) -> str:
+        text = conf.replace("listener 8883", f"listener {port} 127.0.0.1")
+        text = text.replace("/etc/mosquitto/certs/", f"{certs}/")
+        text = text.replace("/etc/mosquitto/edge-fleet.acl", str(SHIPPED_MOSQUITTO / "edge-fleet.acl"))
+        return f"user {getpass.getuser()}\nlog_dest stderr\nlog_type all\n{text}"
+
+    return broker_factory(
+        BrokerOptions(tls=True, require_certificate=True, use_identity_as_username=True),
+        certs=certs,
+        raw_config=rewrite,
+    )
+
+
+def start_link_agent(broker: Broker, state_dir: Path, device: str = "dev-a") -> subprocess.Popen[str]:
+    """tests/link_agent.py as a real process with a connected Link (it printed `started` and `connected`)."""
+    spec = {
+        "config": link_config(broker).model_dump(mode="json"),
+        "identity": {"device": device, "fleet": FLEET},
+        "state_dir": str(state_dir),
+        "wait_connected": True,
+    }
+    agent = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "link_agent.py"), json.dumps(spec)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert agent.stdout is not None
+    assert agent.stdout.readline().strip() == "started"
+    assert agent.stdout.readline().strip() == "connected"
+    return agent
+
+
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The test PKI (CA, broker for 127.0.0.1, dev-a, dev-b, operator, expired old-dev, other-ca, stranger)."""

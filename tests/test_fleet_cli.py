@@ -5,7 +5,6 @@ topics under the shipped ACL, and one clear line for every failure (usage, no re
 from __future__ import annotations
 
 import base64
-import getpass
 import json
 import os
 import subprocess
@@ -35,6 +34,8 @@ from broker import (  # noqa: E402
     kill_process,
     link_config,
     needs_mosquitto,
+    shipped_acl_broker,
+    start_link_agent,
 )
 
 pytest_plugins = ["broker"]
@@ -125,23 +126,6 @@ def status_json(broker: Broker, *extra: str) -> dict[str, Any]:
     return {row["device"]: row for row in json.loads(result.stdout)["devices"]}
 
 
-def shipped_acl_broker(broker_factory: Callable[..., Broker], certs: Path) -> Broker:
-    """Mosquitto running the shipped mosquitto.conf and ACL (mutual TLS), with the test PKI, on a free port."""
-    conf = (SHIPPED / "mosquitto.conf").read_text()
-
-    def rewrite(port: int) -> str:
-        text = conf.replace("listener 8883", f"listener {port} 127.0.0.1")
-        text = text.replace("/etc/mosquitto/certs/", f"{certs}/")
-        text = text.replace("/etc/mosquitto/edge-fleet.acl", str(SHIPPED / "edge-fleet.acl"))
-        return f"user {getpass.getuser()}\nlog_dest stderr\nlog_type all\n{text}"
-
-    return broker_factory(
-        BrokerOptions(tls=True, require_certificate=True, use_identity_as_username=True),
-        certs=certs,
-        raw_config=rewrite,
-    )
-
-
 def as_operator(broker: Broker, certs: Path, *args: str) -> list[str]:
     """Flags for the shipped broker: mutual TLS with the operator's certificate."""
     tls = ["--ca-file", str(certs / "ca.crt"), "--cert-file", str(certs / "operator.crt")]
@@ -215,22 +199,8 @@ def test_status_table_shows_a_cleanly_stopped_device_offline(
 def test_status_shows_a_killed_device_offline_by_its_last_will(
     broker: Broker, observers: Callable[..., MosquittoSub], tmp_path: Path
 ) -> None:
-    spec = {
-        "config": json.loads(link_config(broker).model_dump_json()),
-        "identity": {"device": "dev-a", "fleet": FLEET},
-        "state_dir": str(tmp_path / "state"),
-        "wait_connected": True,
-    }
-    agent = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "link_agent.py"), json.dumps(spec)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    agent = start_link_agent(broker, tmp_path / "state")
     try:
-        assert agent.stdout is not None
-        assert agent.stdout.readline().strip() == "started"
-        assert agent.stdout.readline().strip() == "connected"
         watcher = observers(broker, [f"{DEV_A}/status"])
         kill_process(agent)  # SIGKILL: no clean stop, the broker publishes the will
         watcher.wait_for(lambda m: b'"offline"' in m.payload)

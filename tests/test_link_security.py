@@ -23,6 +23,7 @@ from broker import (  # noqa: E402
     PahoPeer,
     link_config,
     needs_mosquitto,
+    shipped_acl_broker,
 )
 
 pytest_plugins = ["broker"]
@@ -165,26 +166,6 @@ def test_unknown_user_is_refused_when_anonymous_is_off(
     broker = broker_factory(BrokerOptions(allow_anonymous=False, passwords={"someone-else": "x"}))
     link = links(link_config(broker), environ={})
     assert "reason code 13" in wait_refused(link)  # 134 bad user name or password, or 135 not authorized
-
-
-def shipped_acl_broker(broker_factory: Callable[..., Broker], certs: Path) -> Broker:
-    """Mosquitto running the shipped mosquitto.conf and ACL, with the test PKI, on a free local port."""
-    conf = (SHIPPED / "mosquitto.conf").read_text()
-
-    def rewrite(port: int) -> str:
-        text = conf.replace("listener 8883", f"listener {port} 127.0.0.1")
-        text = text.replace("/etc/mosquitto/certs/", f"{certs}/").replace(
-            "/etc/mosquitto/edge-fleet.acl", str(SHIPPED / "edge-fleet.acl")
-        )
-        return "user root\nlog_dest stderr\nlog_type all\n" + text
-
-    import getpass
-
-    return broker_factory(
-        BrokerOptions(tls=True, require_certificate=True, use_identity_as_username=True),
-        certs=certs,
-        raw_config=lambda port: rewrite(port).replace("user root", f"user {getpass.getuser()}"),
-    )
 
 
 def test_shipped_acl_lets_a_device_do_its_whole_job(

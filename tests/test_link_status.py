@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import queue
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,12 +19,12 @@ from agent.link import Event, InboundMessage, Link, ModelRef, ResultsPolicy, Sta
 pytest.register_assert_rewrite("broker")
 from broker import (  # noqa: E402
     FLEET,
-    ROOT,
     Broker,
     MosquittoSub,
     kill_process,
     link_config,
     needs_mosquitto,
+    start_link_agent,
 )
 
 pytest_plugins = ["broker"]
@@ -87,22 +85,8 @@ def test_sigkill_makes_the_broker_publish_the_retained_offline_will(
     broker: Broker, observers: Callable[..., MosquittoSub], tmp_path: Path
 ) -> None:
     watcher = observers(broker, [STATUS])
-    spec = {
-        "config": link_config(broker).model_dump(mode="json"),
-        "identity": {"device": "dev-a", "fleet": FLEET},
-        "state_dir": str(tmp_path / "state"),
-        "wait_connected": True,
-    }
-    agent = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "link_agent.py"), json.dumps(spec)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    agent = start_link_agent(broker, tmp_path / "state")
     try:
-        assert agent.stdout is not None
-        assert agent.stdout.readline().strip() == "started"
-        assert agent.stdout.readline().strip() == "connected"
         online = status_of(watcher, "online")
     finally:
         kill_process(agent)
