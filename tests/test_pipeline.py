@@ -192,6 +192,8 @@ def test_a_staged_window_keeps_its_own_input_for_the_reconstruction_score():
     alone = model.infer(first).score
     loop = InferenceLoop(bind_model(model, "window", None), LatestMailbox())
     staged_first = loop._prepare(loop.active, Item(first, 0, 0.0, 0.0, "window"))
-    loop._prepare(loop.active, Item(other, 1, 0.0, 0.0, "window"))  # the capture thread stages the next window
+    loop._prepare(
+        loop.active, Item(other, 1, 0.0, 0.0, "window")
+    )  # the capture thread stages the next window
     result = model.decode(model.invoke(staged_first.tensor), staged_first)
     assert result.score == pytest.approx(alone, rel=1e-5)

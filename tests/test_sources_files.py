@@ -112,7 +112,13 @@ def test_relative_video_path_resolves_against_the_current_directory(
 def test_default_source_is_the_looped_sample_video() -> None:
     config = default_source_config()
     assert isinstance(config, VideoConfig)
-    assert config.path.is_absolute() and config.path.name == "scenes.mp4" and config.path.exists() and config.loop and config.name == "video"
+    assert (
+        config.path.is_absolute()
+        and config.path.name == "scenes.mp4"
+        and config.path.exists()
+        and config.loop
+        and config.name == "video"
+    )
     assert isinstance(open_source(config), VideoSource)
 
 
