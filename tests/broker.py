@@ -207,16 +207,26 @@ class MosquittoSub:
     def __init__(self, broker: Broker, topics: list[str], *extra: str, client_id: str | None = None) -> None:
         args = [MOSQUITTO_SUB, *broker.url_args(), *broker.tls_args(), "-V", "mqttv5", "-q", "1"]
         args += ["-F", "%r\t%t\t%p"]
-        if client_id is not None:
-            args += ["-i", client_id, "-c", "-x", "600"]
+        # A named client keeps a persistent session (it survives a broker restart with persistence on).
+        name = client_id or f"observer-{os.urandom(4).hex()}"
+        args += ["-i", name, "-c", "-x", "600"] if client_id is not None else ["-i", name]
         for topic in topics:
             args += ["-t", topic]
         args += list(extra)
+        suback = f"Sending SUBACK to {name}"
+        acked_before = broker.log().count(suback)
         self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.messages: queue.Queue[Seen] = queue.Queue()
         self.seen: list[Seen] = []
         self._reader = threading.Thread(target=self._read, name="mosquitto-sub-reader", daemon=True)
         self._reader.start()
+        # Wait for the broker's SUBACK (it logs every packet), so a message published next is never missed.
+        deadline = time.monotonic() + 15
+        while broker.log().count(suback) <= acked_before:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise AssertionError(f"mosquitto_sub {name} never subscribed:\n{broker.log()[-2000:]}")
+            time.sleep(0.02)
 
     def _read(self) -> None:
         assert self.process.stdout is not None

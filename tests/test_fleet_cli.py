@@ -382,7 +382,6 @@ def test_cmd_malformed_or_invalid_json_args_exit_2_before_anything_is_sent(
     broker: Broker, observers: Callable[..., MosquittoSub]
 ) -> None:
     watcher = observers(broker, [f"edge/{FLEET}/#"])
-    time.sleep(0.3)
     cases = [
         ('{"level": ', "malformed JSON args"),
         ('["DEBUG"]', "must be an object"),

@@ -65,7 +65,6 @@ def test_broker_outage_of_30_s_loses_no_event_and_keeps_order(
 ) -> None:
     broker = broker_factory(BrokerOptions(persistence=True))
     observer = observers(broker, [EVENTS], client_id="outage-observer")
-    time.sleep(0.3)
     link = links(link_config(broker))
     assert link.wait_connected(10)
     put: list[str] = []
@@ -147,7 +146,6 @@ def test_sigkill_with_a_full_outbox_loses_nothing(
     assert len(put) == 200
     broker.start()
     observer = observers(broker, [EVENTS])
-    time.sleep(0.3)
     restarted = start_agent(broker, state_dir, events=0)
     try:
         wait_for_ids(observer, put, timeout_s=20)
@@ -160,7 +158,6 @@ def test_sigkill_while_draining_loses_nothing(
     broker: Broker, observers: Callable[..., MosquittoSub], tmp_path: Path
 ) -> None:
     observer = observers(broker, [EVENTS])
-    time.sleep(0.3)
     state_dir = tmp_path / "state"
     agent = start_agent(broker, state_dir, events=3000, wait_connected=True)
     try:

@@ -59,7 +59,6 @@ def test_tls_with_the_fleet_ca_connects(
 ) -> None:
     broker = broker_factory(BrokerOptions(tls=True), certs=certs)
     watcher = observers(broker, [f"{DEV_A}/events"])
-    time.sleep(0.3)
     link = links(link_config(broker))
     assert link.wait_connected(10), link.state()
     event = Event(type="model", message="over TLS")
