@@ -170,17 +170,31 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bare_process_rss(model_path: Path) -> float:
-    code = textwrap.dedent(
-        f"""
+def bare_process_rss(model_path: Path, video: Path | None = None) -> float:
+    """RSS of a bare ONNX Runtime process holding the model; with `video`, also decoding it with OpenCV."""
+    capture = (
+        f"import cv2; c = cv2.VideoCapture({str(video)!r})\n"
+        "for _ in range(200):\n"
+        "    ok, frame = c.read()\n"
+        "    if not ok: c.set(cv2.CAP_PROP_POS_FRAMES, 0)\n"
+        "    s.run(None, {s.get_inputs()[0].name: x})\n"
+        if video is not None
+        else ""
+    )
+    code = (
+        textwrap.dedent(
+            f"""
         import sys, time, numpy as np, onnxruntime as ort
         o = ort.SessionOptions(); o.intra_op_num_threads = 1
         s = ort.InferenceSession({str(model_path)!r}, sess_options=o, providers=["CPUExecutionProvider"])
         x = np.zeros((1, 3, 224, 224), np.float32)
         for _ in range(20): s.run(None, {{s.get_inputs()[0].name: x}})
-        print("ready", flush=True); time.sleep(30)
         """
+        )
+        + capture
+        + 'print("ready", flush=True); time.sleep(30)\n'
     )
+
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     process.stdout.readline()
@@ -287,6 +301,11 @@ def main() -> None:
         print(f"target at most +{RSS_TARGET_MB:.0f} MB -> {'met' if extra <= RSS_TARGET_MB else 'MISSED'}")
 
         print(f"of which the required imports: {import_costs()}")
+        capture_rss = bare_process_rss(bundle / "model.onnx", video)
+        print(
+            f"for scale: a bare ONNX Runtime process that also decodes the same video with OpenCV: {capture_rss:.1f} MB; "
+            f"the daemon is +{daemon_rss - capture_rss:.1f} MB over it"
+        )
 
         print("\n4. loop with the fleet link on and its broker down, against the link off")
         from streams import free_port

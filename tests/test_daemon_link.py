@@ -116,6 +116,25 @@ def test_sigkill_of_the_daemon_leaves_the_last_will_offline_status(broker, folde
     assert offline["reason"] == "lost"
 
 
+def test_sigterm_stops_within_2_s_when_the_broker_has_frozen_mid_session(broker, folder, operator):
+    folder.write(config(broker))
+    process = start_daemon(folder)
+    assert broker.process is not None
+    try:
+        next_on(operator, f"{ROOT}/status", lambda d: d["state"] == "online")
+        wait_status(folder, lambda s: processed(s) >= 5, 30, "the daemon running")
+        os.kill(
+            broker.process.pid, signal.SIGSTOP
+        )  # the TCP connection stays open; nothing is ever acknowledged
+        code, output, took = stop(process)
+    finally:
+        os.kill(broker.process.pid, signal.SIGCONT)
+        if process.poll() is None:
+            stop(process)
+    assert code == 0 and took < 2.0, (took, output)
+    assert "Traceback" not in output
+
+
 def test_remote_commands_change_the_running_daemon_and_persist(broker, folder, operator):
     folder.write(config(broker))
     process = start_daemon(folder)

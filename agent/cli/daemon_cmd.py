@@ -7,13 +7,11 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Group
-from rich.live import Live
-from rich.table import Table
-
 from agent.cli.render import console, print_json, table
 
 if TYPE_CHECKING:
+    from rich.console import Group
+
     from agent.config import AgentConfig
 
 
@@ -62,6 +60,9 @@ def run_daemon(args: argparse.Namespace) -> int:
     daemon = Daemon(config, args.config)
     if not args.live:
         return daemon.run(args.duration)
+    from rich.console import Group
+    from rich.live import Live
+
     out = console()
     with Live(Group(), console=out, refresh_per_second=2, transient=False) as live:
         return daemon.run(args.duration, on_tick=lambda d: live.update(render_status(d.status())))
@@ -131,6 +132,9 @@ def _mb(value: Any) -> float | None:
 
 def render_status(data: dict[str, Any]) -> Group:
     """The status as a few compact tables."""
+    from rich.console import Group
+    from rich.table import Table
+
     agent, model = data.get("agent", {}), data.get("model") or {}
     metrics = data.get("metrics") or {}
     header = Table.grid(padding=(0, 2))

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("agent.daemon")
 
 TICK_S = 0.5
+STOP_BUDGET_S = 1.6  # of the 2 s from SIGTERM to exit: the rest is the interpreter's own shutdown
 
 
 class Daemon:
@@ -190,15 +191,25 @@ class Daemon:
         self._restart.set()
 
     def stop(self) -> None:
-        """Stops every part, each within its own timeout."""
+        """Stops every part within one shared budget (SIGTERM to exit in under 2 s, whatever the broker does)."""
+        deadline = time.monotonic() + STOP_BUDGET_S
         self.notifier.stopping()
         if self._watchdog is not None:
             self._watchdog.stop()
-        self._stop_pipeline()
+        # The link (offline status, PUBACK wait, DISCONNECT) stops beside the pipeline, not after it.
+        link_stopper = None
         if self.link is not None:
-            self.link.stop()
+            link_stopper = threading.Thread(
+                target=self.link.stop, args=(STOP_BUDGET_S - 0.2,), name="stop-link", daemon=True
+            )
+            link_stopper.start()
+        self._stop_pipeline(deadline)
         if self._control is not None:
             self._control.stop()
+        if link_stopper is not None:
+            link_stopper.join(max(0.05, deadline - time.monotonic()))
+            if link_stopper.is_alive():
+                log.warning("the fleet link did not stop within the stop budget; leaving it behind")
         stuck = self._loop is not None and self._loop.alive()
         with self._lock:
             for active in (self._active, self._previous):
@@ -263,10 +274,13 @@ class Daemon:
         self._runner = SourceRunner(source, config.source, self._loop.deliver, on_state=self._on_source_state)
         self._runner.start()
 
-    def _stop_pipeline(self) -> None:
+    def _stop_pipeline(self, deadline: float | None = None) -> None:
+        def within(limit_s: float) -> float:
+            return limit_s if deadline is None else max(0.05, min(limit_s, deadline - time.monotonic()))
+
         if self._runner is not None:
-            self._runner.stop(0.5)
-        if self._loop is not None and not self._loop.stop(1.0):
+            self._runner.stop(within(0.5))
+        if self._loop is not None and not self._loop.stop(within(1.0)):
             log.warning("the inference thread is stuck in an invoke; leaving it behind")
         for sink in self._sinks:
             try:

@@ -103,7 +103,7 @@ class ControlServer:
         if self._sock is not None:
             self._sock.close()
         if self._thread is not None:
-            self._thread.join(2.0)
+            self._thread.join(0.5)
         with contextlib.suppress(OSError):
             self.path.unlink()
 

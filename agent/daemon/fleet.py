@@ -77,14 +77,15 @@ class FleetLink:
         self._sources_seen, self._model_seen = {}, None
         self.tick(time.monotonic())
 
-    def stop(self) -> None:
-        """Publishes offline and disconnects."""
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Publishes offline and disconnects, within `timeout_s` (a broker that never answers cannot hold it up)."""
+        deadline = time.monotonic() + timeout_s
         self._daemon.events.unsubscribe(self._forward_event)
         if self._sink is not None:
             self._sink.close()
             self._sink = None
         if self.link is not None:
-            self.link.stop()
+            self.link.stop(timeout_s=max(0.2, deadline - time.monotonic()))
             self.link = None
 
     def restart(self) -> None:

@@ -136,10 +136,13 @@ class Link:
 
     def stop(self, timeout_s: float = JOIN_S) -> None:
         """Publishes `offline`, disconnects, stops the threads and closes the outbox (idempotent)."""
+        deadline = time.monotonic() + timeout_s
+        if self._session is not None:
+            # the network thread's clean stop ends early enough for its thread to be joined in time
+            self._session.stop_deadline = deadline - min(0.3, timeout_s / 3)
         self._stop.set()
         with contextlib.suppress(queue.Full):
             self._work.put_nowait(None)
-        deadline = time.monotonic() + timeout_s
         for thread in self._threads:
             thread.join(max(0.1, deadline - time.monotonic()))
             if thread.is_alive():

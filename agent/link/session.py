@@ -110,6 +110,8 @@ class Session:
         self._events = _Events()
         self.pacer = Pacer(outbox, config.max_inflight)
         self._current_birth = 0
+        # Set by Link.stop before it signals the stop: the clean stop (offline, PUBACK wait, DISCONNECT) ends by then.
+        self.stop_deadline: float | None = None
         self.client, self._client_cert = build_client(config, topics.device, password)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -355,6 +357,8 @@ class Session:
     def _clean_stop(self, birth: int) -> None:
         info = self._publish(self.topics.status, self._status_payload("offline", birth, "stopped"), 1, True)
         deadline = time.monotonic() + STOP_ACK_TIMEOUT_S
+        if self.stop_deadline is not None:
+            deadline = min(deadline, self.stop_deadline)
         acked = info is None
         while not acked and time.monotonic() < deadline:
             if self.client.loop(timeout=LOOP_TIMEOUT_S) != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -362,7 +366,10 @@ class Session:
             acked = any(mid == info for mid, _ in self._events.acks)
             self._settle()
         self.client.disconnect()
+        flush_until = max(deadline, time.monotonic() + 0.1)
         for _ in range(20):
+            if time.monotonic() > flush_until:
+                break
             if self.client.loop(timeout=LOOP_TIMEOUT_S) != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
         self._settle()
