@@ -84,6 +84,13 @@ class ModelConfig(Section):
     )
     warmup_runs: int = Field(5, ge=0, le=1000, description="Inferences run on a new model before it serves.")
     verify: bool = Field(True, description="Check file hashes against the manifest when loading.")
+    retry_s: float = Field(
+        60.0,
+        ge=1,
+        le=86400,
+        description="When the model cannot be loaded at start, the daemon keeps running without one (status, link "
+        "and commands stay up, so the fleet can fix it) and tries again this often.",
+    )
 
 
 class PipelineConfig(Section):

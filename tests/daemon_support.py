@@ -103,7 +103,7 @@ def stop(process: subprocess.Popen[str], timeout_s: float = 10.0) -> tuple[int, 
 
 def processed(data: dict[str, Any]) -> int:
     """Items the loop handled."""
-    return int(data["metrics"]["counters"]["processed"])
+    return int(data["metrics"].get("counters", {}).get("processed", 0))  # no metrics while no model serves
 
 
 def events_of(data: dict[str, Any], kind: str) -> list[dict[str, Any]]:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import time
 from collections.abc import Iterator
 
 import pytest
 from conftest import assert_clean_error, run_cli
-from daemon_support import DaemonDir, events_of, processed, start_daemon, stop, wait_for, wait_status
+from daemon_support import ROOT, DaemonDir, events_of, processed, start_daemon, stop, wait_for, wait_status
 from streams import MjpegServer
 
 
@@ -126,33 +127,86 @@ def test_sighup_reloads_the_config_and_a_bad_one_is_refused_without_stopping(fol
     assert code == 0, output
 
 
-def test_a_missing_model_is_one_clear_error_line_and_exit_status_1(folder):
-    folder.write('[model]\nbundle = "/nonexistent/bundle"')
-    result = run_cli("run", "--config", str(folder.config), "--duration", "5")
-    assert_clean_error(result, "/nonexistent/bundle")
-
-
-def test_a_model_that_does_not_fit_the_source_is_refused_at_start(folder):
-    folder.write('[model]\nbundle = "models/motion-ae-onnx"')  # the default source is the video
-    result = run_cli("run", "--config", str(folder.config), "--duration", "5")
-    assert_clean_error(result, "sensor windows")
-
-
-def test_sd_notify_ready_status_watchdog_and_stopping_reach_the_socket(folder):
+def listen_for_sd_notify(folder: DaemonDir):
+    """A unix datagram socket standing in for systemd's NOTIFY_SOCKET; returns it and a `receive_until(word)`."""
     import socket
 
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    path = folder.root / "notify.sock"
-    listener.bind(str(path))
+    listener.bind(str(folder.root / "notify.sock"))
     listener.settimeout(0.5)
     got: list[str] = []
-    process = start_daemon(folder, env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000"})
 
     def receive_until(word: str) -> bool:
         with contextlib.suppress(TimeoutError):
             got.extend(listener.recv(4096).decode().split("\n"))
         return any(line.startswith(word) for line in got)
 
+    return listener, got, receive_until
+
+
+def test_a_missing_model_leaves_the_daemon_up_without_one_saying_why(folder):
+    folder.write('[model]\nbundle = "/nonexistent/bundle"')
+    listener, got, receive_until = listen_for_sd_notify(folder)
+    env = {"NOTIFY_SOCKET": str(folder.root / "notify.sock"), "WATCHDOG_USEC": "1000000"}
+    process = start_daemon(folder, env=env)
+    try:
+        data = wait_status(
+            folder, lambda s: s["agent"]["state"] == "no-model", 30, "the daemon up without a model"
+        )
+        assert "/nonexistent/bundle" in data["agent"]["problem"] and data["model"] is None
+        [event] = [e for e in events_of(data, "model") if e["severity"] == "critical"]
+        assert "running without one" in event["message"]
+        human = run_cli("status", "--socket", str(folder.socket), check=True).stdout
+        assert "no model in service" in human and "/nonexistent/bundle" in human
+        # systemd sees a live service: READY, a STATUS naming the problem, and the watchdog fed
+        wait_for(lambda: receive_until("READY=1"), 10, "READY=1")
+        wait_for(lambda: receive_until("WATCHDOG=1"), 10, "WATCHDOG=1")
+        assert any(line.startswith("STATUS=no model in service") for line in got), got
+    finally:
+        code, output, _ = stop(process)
+        listener.close()
+    assert code == 0 and "Traceback" not in output, output
+
+
+def test_a_corrupt_model_at_start_is_retried_and_serves_once_repaired(folder):
+    bundle = folder.root / "bundle"
+    shutil.copytree(ROOT / "models" / "digits-det-onnx", bundle)
+    good = (bundle / "model.onnx").read_bytes()
+    (bundle / "model.onnx").write_bytes(good[:1000] + bytes(64) + good[1064:])
+    folder.write(f'[model]\nbundle = "{bundle}"\nretry_s = 1')
+    process = start_daemon(folder)
+    try:
+        data = wait_status(
+            folder, lambda s: s["agent"]["state"] == "no-model", 30, "the daemon up without a model"
+        )
+        assert "sha256 does not match" in data["agent"]["problem"]
+        (bundle / "model.onnx").write_bytes(good)
+        data = wait_status(folder, lambda s: processed(s) >= 5, 30, "the repaired model serving")
+        assert data["agent"]["state"] == "running" and data["model"]["name"] == "digits-det"
+        assert any("in service" in e["message"] for e in events_of(data, "model"))
+    finally:
+        code, output, _ = stop(process)
+    assert code == 0 and "Traceback" not in output, output
+
+
+def test_a_model_that_does_not_fit_the_source_is_not_served_and_the_daemon_says_why(folder):
+    folder.write('[model]\nbundle = "models/motion-ae-onnx"')  # the default source is the video
+    process = start_daemon(folder)
+    try:
+        data = wait_status(
+            folder, lambda s: s["agent"]["state"] == "no-model", 30, "the daemon up without a model"
+        )
+        assert "sensor windows" in data["agent"]["problem"] and data["sources"] == []
+    finally:
+        code, output, _ = stop(process)
+    assert code == 0 and "Traceback" not in output, output
+
+
+def test_sd_notify_ready_status_watchdog_and_stopping_reach_the_socket(folder):
+    listener, got, receive_until = listen_for_sd_notify(folder)
+    process = start_daemon(
+        folder, env={"NOTIFY_SOCKET": str(folder.root / "notify.sock"), "WATCHDOG_USEC": "1000000"}
+    )
     try:
         wait_for(lambda: receive_until("READY=1"), 30, "READY=1")
         wait_for(lambda: receive_until("WATCHDOG=1"), 10, "WATCHDOG=1")

@@ -12,6 +12,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -30,6 +31,7 @@ pytestmark = needs_mosquitto
 DEVICE = "cam-1"
 ROOT = f"edge/f1/devices/{DEVICE}"
 REPLIES = f"{ROOT}/reply/op"
+MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
 def config(broker: Broker, extra: str = "") -> str:
@@ -207,6 +209,30 @@ def test_remote_commands_change_the_running_daemon_and_persist(broker, folder, o
         assert reply.data["config"]["link"]["results"]["mode"] == "on_change"
     finally:
         stop(again)
+
+
+def test_a_device_that_boots_without_a_loadable_model_reports_it_and_is_fixed_remotely(
+    broker, folder, operator, observers
+):
+    watcher = observers(broker, [f"{ROOT}/status"])
+    folder.write(config(broker, '[model]\nbundle = "/lost/bundle"\n'))
+    process = start_daemon(folder)
+    try:
+        event = next_on(
+            operator, f"{ROOT}/events", lambda d: d["type"] == "model" and d["severity"] == "critical"
+        )
+        assert "/lost/bundle" in event["message"] and "running without one" in event["message"]
+        online = watcher.wait_for(lambda m: m.json()["state"] == "online", 20).json()
+        assert online["model"] is None and online["sources"] == {}
+        reply = ask(operator, "set-config", {"patch": {"model": {"bundle": str(MODELS / "digits-det-onnx")}}})
+        assert reply.status == "ok" and reply.data["applied_live"] == ["model"], reply
+        data = wait_status(folder, lambda s: processed(s) >= 5, 30, "the model the fleet named serving")
+        assert data["agent"]["state"] == "running" and data["model"]["name"] == "digits-det"
+        overrides = json.loads((folder.state / "config-overrides.json").read_text())
+        assert overrides["model"]["bundle"].endswith("digits-det-onnx")  # persisted: the next boot serves it
+    finally:
+        code, output, _ = stop(process)
+    assert code == 0 and "Traceback" not in output, output
 
 
 def test_anomaly_events_reach_the_fleet_with_a_snapshot_kept_on_disk(broker, folder, operator):

@@ -144,6 +144,10 @@ def render_status(data: dict[str, Any]) -> Group:
         f"model [bold]{model.get('name', '-')}[/] v{model.get('version', '-')} "
         f"({model.get('runtime', '-')}, {model.get('task', '-')})",
     )
+    if agent.get("state") == "no-model":
+        from rich.markup import escape
+
+        header.add_row(f"[bold red]no model in service[/]: {escape(str(agent.get('problem')))}")
     counters = metrics.get("counters", {})
     rates = metrics.get("rates", {})
     drift = metrics.get("drift") or {}

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("agent.daemon")
 
 TICK_S = 0.5
+WITHOUT_MODEL_TICK_LIMIT_S = 30.0  # running without a model, the watchdog is fed while the main loop ticks
 STOP_BUDGET_S = 1.6  # of the 2 s from SIGTERM to exit: the rest is the interpreter's own shutdown
 
 
@@ -82,16 +83,27 @@ class Daemon:
         self._control: ControlServer | None = None
         self._watchdog: Watchdog | None = None
         self.exit_code = 0
+        # Set while no model is in service because the configured one cannot be loaded: the daemon stays up
+        # (status, link, commands) and tries again every `model.retry_s`.
+        self._model_problem: str | None = None
+        self._next_model_try = 0.0
+        self._last_tick = time.monotonic()
 
     # ------------------------------------------------------------------ life cycle
 
     def start(self) -> None:
         """Loads the model, starts the pipeline, the control socket, the fleet link and the watchdog."""
         self._prepare_state_dir()
-        model = self._load(self._bundle_path(self.config))
-        self._active = bind_model(model, self._source_kind(), self._source_channels())
-        self._start_link()  # first, so that the loop gets its results sink
-        self._start_pipeline()
+        problem: Exception | None = None
+        try:
+            self._active = self._load_bound(self.config)
+        except (ModelError, OSError) as error:
+            problem = error
+        self._start_link()  # before the pipeline (the loop gets its results sink) and the report (the fleet hears it)
+        if problem is not None:
+            self._run_without_model(problem)
+        else:
+            self._start_pipeline()
         self._control = ControlServer(
             self.config.resolved_socket(), {"status": lambda _: self.status(), "ping": lambda _: "pong"}
         )
@@ -100,17 +112,20 @@ class Daemon:
         except AgentError as problem:
             self._control = None
             self.report("error", "warning", f"no local control socket: {problem}")
-        loop = self._loop
-        assert loop is not None
         self._watchdog = Watchdog(
             self.notifier,
             progress=lambda: self._loop.progress if self._loop else 0,
             healthy=self._healthy,
         )
         self._watchdog.start()
-        self.report(
-            "model", "info", f"model {model.name} v{model.version} in service", self._model_evidence(model)
-        )
+        if self._active is not None:
+            model = self._active.model
+            self.report(
+                "model",
+                "info",
+                f"model {model.name} v{model.version} in service",
+                self._model_evidence(model),
+            )
         self.notifier.ready(self._status_line())
 
     def run(self, duration_s: float | None = None, on_tick: Any = None) -> int:
@@ -124,7 +139,9 @@ class Daemon:
         next_system = 0.0
         try:
             while not self._stop.wait(TICK_S):
-                now = time.monotonic()
+                now = self._last_tick = time.monotonic()
+                if self._active is None and self._model_problem is not None and now >= self._next_model_try:
+                    self._guard("model retry", self._retry_model)
                 if now >= next_system:
                     self._guard("system probe", self._sample_system)
                     next_system = now + self.config.monitor.system_interval_s
@@ -293,6 +310,10 @@ class Daemon:
 
     def restart_pipeline(self) -> None:
         """Stops and starts the source and the worker with the current config (model kept)."""
+        if self._active is None:  # running without a model: the restart is a new try at loading it
+            self._next_model_try = 0.0
+            self._retry_model()
+            return
         with self._lock:
             self._stop_pipeline()
             self._start_pipeline()
@@ -301,6 +322,8 @@ class Daemon:
     def _restart_after_failure(self) -> None:
         """After a failed change: a clean pipeline with the running config (local sinks off if they were the cause)."""
         self._stop_pipeline()
+        if self._active is None:  # running without a model: nothing to restart
+            return
         try:
             self._start_pipeline()
         except Exception as problem:
@@ -330,6 +353,9 @@ class Daemon:
 
     def _healthy(self) -> bool:
         """False only when an invoke hangs: an idle loop behind a stalled source is healthy."""
+        if self._active is None and self._model_problem is not None:
+            # running without a model: healthy while the main thread keeps supervising (and retrying)
+            return time.monotonic() - self._last_tick < WITHOUT_MODEL_TICK_LIMIT_S
         loop = self._loop
         if loop is None or not loop.alive():
             return False
@@ -361,11 +387,63 @@ class Daemon:
             model.close()
             raise
 
+    def _load_bound(self, config: AgentConfig) -> ActiveModel:
+        """The configured model, loaded, warmed up and bound to the configured source."""
+        model = self._load(self._bundle_path(config), config)
+        try:
+            return bind_model(model, self._source_kind(config), self._source_channels(config))
+        except ModelError:
+            model.close()
+            raise
+
+    def _run_without_model(self, problem: Exception) -> None:
+        """Start-up could not load the model: stay up without one (a dead daemon cannot be fixed remotely)."""
+        self._model_problem = str(problem)
+        retry_s = self.config.model.retry_s
+        self._next_model_try = time.monotonic() + retry_s
+        self.report(
+            "model",
+            "critical",
+            f"no model in service: {problem}; running without one, trying again every {retry_s:g} s",
+            {"bundle": str(self._bundle_path(self.config))},
+        )
+
+    def _retry_model(self) -> None:
+        """Tries the configured model again; on success the pipeline starts."""
+        with self._lock:
+            if self._active is not None:
+                return
+            try:
+                candidate = self._load_bound(self.config)
+            except (ModelError, OSError) as problem:
+                self._next_model_try = time.monotonic() + self.config.model.retry_s
+                if str(problem) != self._model_problem:
+                    self._run_without_model(problem)
+                else:
+                    log.info("model still cannot be loaded: %s", problem)
+                return
+            self._active, self._model_problem = candidate, None
+            self._start_pipeline()
+        model = candidate.model
+        self.report(
+            "model", "info", f"model {model.name} v{model.version} in service", self._model_evidence(model)
+        )
+
     def swap_model(self, candidate: ActiveModel) -> None:
         """Puts a loaded candidate in service between two items; the replaced model is kept for `restore_previous`."""
         with self._lock:
             loop = self._loop
-            assert loop is not None
+            if loop is None:  # running without a model: the candidate starts the pipeline
+                self._active, self._model_problem = candidate, None
+                self._start_pipeline()
+                model = candidate.model
+                self.report(
+                    "model",
+                    "info",
+                    f"model {model.name} v{model.version} in service",
+                    self._model_evidence(model),
+                )
+                return
             old = loop.swap(candidate)
             if self._previous is not None and self._previous is not old and self._previous is not candidate:
                 self._previous.model.close()
@@ -453,9 +531,13 @@ class Daemon:
                         following = bind_model(
                             previous_active.model, self._source_kind(new), self._source_channels(new)
                         )
-                    self._stop_pipeline()
-                    self._active = following
-                    self._start_pipeline()
+                    if following is None:  # running without a model: try it again under the new config
+                        self._next_model_try = 0.0
+                    else:
+                        self._stop_pipeline()
+                        self._active = following
+                        self._start_pipeline()
+                        self._model_problem = None
                     if candidate is not None and previous_active is not None:
                         previous_active.model.close()
                 elif "sinks" in changed and self._loop is not None:
@@ -502,6 +584,8 @@ class Daemon:
 
     def _status_line(self) -> str:
         loop, active = self._loop, self._active
+        if active is None and self._model_problem is not None:
+            return f"no model in service: {self._model_problem}"[:200]
         if loop is None or active is None:
             return "starting"
         source = self._runner.status().state.value if self._runner else "none"
@@ -541,6 +625,8 @@ class Daemon:
                 "device": self.device_id,
                 "uptime_s": round(time.time() - self.started_at, 1),
                 "state_dir": str(self.state_dir),
+                "state": "no-model" if active is None and self._model_problem is not None else "running",
+                "problem": self._model_problem if active is None else None,
             },
             "model": model,
             "previous_model": self._model_evidence(previous.model) if previous is not None else None,
