@@ -140,3 +140,37 @@ def test_a_config_change_that_fails_halfway_leaves_the_previous_config_serving(f
     finally:
         daemon.request_stop()
         thread.join(10)
+
+
+def test_a_restart_while_an_invoke_hangs_serves_a_fresh_copy_of_the_model(folder, monkeypatch):
+    stuck_in: list[Model] = []
+    released = threading.Event()
+    original = Model.invoke
+
+    def invoke(self: Model, tensor: Any) -> Any:
+        if stuck_in and self is stuck_in[0]:
+            released.wait(30)
+        return original(self, tensor)
+
+    monkeypatch.setattr(Model, "invoke", invoke)
+    daemon = Daemon(load_config(folder.config, environ={}), folder.config)
+    thread = run_in_thread(daemon)
+    try:
+        assert daemon._active is not None
+        hung = daemon._active.model
+        stuck_in.append(hung)
+        wait_for(lambda: daemon.status()["loop"]["busy_s"] > 0.5, 10, "the invoke hanging")
+        daemon.request_restart()
+        wait_for(
+            lambda: daemon._active is not None and daemon._active.model is not hung,
+            20,
+            "a fresh copy in service",
+        )
+        before = processed(daemon.status())
+        wait_for(lambda: processed(daemon.status()) >= before + 3, 20, "results from the fresh copy")
+        assert daemon.status()["model"]["name"] == hung.name
+    finally:
+        released.set()
+        daemon.request_stop()
+        thread.join(10)
+    assert not thread.is_alive()

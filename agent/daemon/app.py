@@ -88,6 +88,8 @@ class Daemon:
         self._model_problem: str | None = None
         self._next_model_try = 0.0
         self._last_tick = time.monotonic()
+        # The model whose invoke a stopped loop's thread is still inside: never closed, never run again.
+        self._stuck: ActiveModel | None = None
 
     # ------------------------------------------------------------------ life cycle
 
@@ -272,6 +274,11 @@ class Daemon:
     def _start_pipeline(self, local_sinks: bool = True) -> None:
         config = self.config
         assert self._active is not None
+        if self._active is self._stuck:  # a thread is still inside its invoke: serve a fresh copy of it
+            self._active = self.load_candidate(self._stuck.model.bundle.path)
+            log.warning(
+                "the previous inference thread is stuck in an invoke; serving a fresh copy of the model"
+            )
         self._mailbox = LatestMailbox()
         self._sinks = self._make_sinks(config) if local_sinks else []
         self.monitors = Monitors(self, self._active)
@@ -299,6 +306,7 @@ class Daemon:
             self._runner.stop(within(0.5))
         if self._loop is not None and not self._loop.stop(within(1.0)):
             log.warning("the inference thread is stuck in an invoke; leaving it behind")
+            self._stuck = self._active
         for sink in self._sinks:
             try:
                 sink.close()
@@ -538,7 +546,11 @@ class Daemon:
                         self._active = following
                         self._start_pipeline()
                         self._model_problem = None
-                    if candidate is not None and previous_active is not None:
+                    if (
+                        candidate is not None
+                        and previous_active is not None
+                        and previous_active is not self._stuck
+                    ):
                         previous_active.model.close()
                 elif "sinks" in changed and self._loop is not None:
                     old_sinks, self._sinks = self._sinks, self._make_sinks(new)
