@@ -114,6 +114,36 @@ def test_hot_swap_under_load_loses_no_more_than_the_frame_in_flight(scene):
     assert len(answers) == 1
 
 
+def test_the_swap_hook_moves_the_monitors_between_the_same_two_items_as_the_model(scene):
+    detector, classifier = Model.load(MODELS / "digits-det-onnx"), Model.load(MODELS / "digits-cls-onnx")
+
+    class Following(Collector):
+        bound = "detection"
+        mismatched = 0
+
+        def on_record(self, record: ResultRecord) -> None:
+            super().on_record(record)
+            self.mismatched += record.result.task != self.bound
+
+    box: LatestMailbox[Staged] = LatestMailbox()
+    seen = Following()
+    loop = InferenceLoop(ActiveModel(detector), box, observer=seen)
+    loop.start()
+    try:
+        for seq in range(200):
+            loop.deliver(frame_item(scene, seq))
+            time.sleep(0.002)
+            if seq % 10 == 5:
+                new = classifier if loop.active.model is detector else detector
+                task = new.manifest.task
+                loop.swap(ActiveModel(new), on_swap=lambda task=task: setattr(seen, "bound", task))
+        wait_until(lambda: box.put_count == box.dropped + len(seen.records) + loop.errors)
+    finally:
+        assert loop.stop()
+    assert {r.result.task for r in seen.records} == {"detection", "classification"}
+    assert seen.mismatched == 0
+
+
 def test_swap_returns_the_old_model_which_can_be_restored_at_once(scene):
     first, second = Model.load(MODELS / "digits-cls-tflite"), Model.load(MODELS / "digits-cls-onnx")
     loop = InferenceLoop(ActiveModel(first), LatestMailbox())

@@ -452,12 +452,12 @@ class Daemon:
                     self._model_evidence(model),
                 )
                 return
-            old = loop.swap(candidate)
-            if self._previous is not None and self._previous is not old and self._previous is not candidate:
-                self._previous.model.close()
+            follow = self.monitors.prepare_rebind(candidate) if self.monitors is not None else None
+            old = loop.swap(candidate, on_swap=follow)
+            previous = self._previous
+            if previous is not None and all(previous is not keep for keep in (old, candidate, self._stuck)):
+                previous.model.close()
             self._previous, self._active = old, candidate
-            if self.monitors is not None:
-                self.monitors.rebind(candidate)
         model = candidate.model
         self.report(
             "model", "info", f"model {model.name} v{model.version} in service", self._model_evidence(model)
@@ -469,11 +469,10 @@ class Daemon:
             previous = self._previous
             if previous is None or self._loop is None:
                 return False
-            current = self._loop.swap(previous)
+            follow = self.monitors.prepare_rebind(previous) if self.monitors is not None else None
+            current = self._loop.swap(previous, on_swap=follow)
             self._active, self._previous = previous, None
             current.model.close()
-            if self.monitors is not None:
-                self.monitors.rebind(previous)
         self.report("model", "warning", f"restored model {previous.model.name} v{previous.model.version}")
         return True
 

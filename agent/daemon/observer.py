@@ -13,6 +13,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import AgentError
@@ -66,22 +67,31 @@ class Monitors(LoopObserver):
 
     def rebind(self, active: ActiveModel, count_swap: bool = True) -> None:
         """Follows a model swap: fresh anomaly episode state and the new bundle's drift reference."""
-        self._active = active
-        self._anomaly = AnomalyTracker(self._rules)
-        self._drift = None
+        self.prepare_rebind(active, count_swap)()
+
+    def prepare_rebind(self, active: ActiveModel, count_swap: bool = True) -> Callable[[], None]:
+        """Reads the new bundle's drift reference now; the returned call switches to it (cheap: run it at the swap)."""
+        drift: DriftMonitor | None = None
         drift_config = self._daemon.config.monitor.drift
         reference_file = active.model.manifest.reference
         if drift_config.enabled and reference_file:
             try:
                 path = active.model.bundle.file(reference_file)
                 reference = DriftReference.model_validate_json(path.read_bytes())
-                self._drift = DriftMonitor(
+                drift = DriftMonitor(
                     reference, every_n=drift_config.every_n, psi_threshold=drift_config.psi_threshold
                 )
             except (OSError, ValueError, AgentError) as problem:
                 log.warning("drift monitoring off for %s: %s", active.model.name, problem)
-        if count_swap:
-            self.metrics.record_swap()
+
+        def switch() -> None:
+            self._active = active
+            self._anomaly = AnomalyTracker(self._rules)
+            self._drift = drift
+            if count_swap:
+                self.metrics.record_swap()
+
+        return switch
 
     # ------------------------------------------------------------------ loop hooks (inference thread)
 

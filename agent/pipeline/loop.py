@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,14 +150,21 @@ class InferenceLoop:
             old, self._sinks = self._sinks, tuple(sinks)
         return old
 
-    def swap(self, new: ActiveModel, timeout_s: float = 30.0) -> ActiveModel:
-        """Puts `new` in service after the item in flight; returns the model it replaced."""
+    def swap(
+        self, new: ActiveModel, timeout_s: float = 30.0, on_swap: Callable[[], None] | None = None
+    ) -> ActiveModel:
+        """Puts `new` in service after the item in flight; returns the model it replaced.
+
+        `on_swap` runs at the switch, between the same two items (the monitors follow the model there).
+        """
         if not self._swap_lock.acquire(timeout=timeout_s):
             raise ModelError(
                 f"the loop did not finish the item in flight within {timeout_s:.0f} s; swap refused"
             )
         try:
             old, self._active = self._active, new
+            if on_swap is not None:
+                on_swap()
         finally:
             self._swap_lock.release()
         log.info("model %s v%d now in service", new.model.name, new.model.version)
