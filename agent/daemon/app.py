@@ -219,7 +219,7 @@ class Daemon:
         link_stopper = None
         if self.link is not None:
             link_stopper = threading.Thread(
-                target=self.link.stop, args=(STOP_BUDGET_S - 0.2,), name="stop-link", daemon=True
+                target=self.link.stop, args=(STOP_BUDGET_S - 0.4,), name="stop-link", daemon=True
             )
             link_stopper.start()
         self._stop_pipeline(deadline)
@@ -229,12 +229,14 @@ class Daemon:
             link_stopper.join(max(0.05, deadline - time.monotonic()))
             if link_stopper.is_alive():
                 log.warning("the fleet link did not stop within the stop budget; leaving it behind")
-        stuck = self._loop is not None and self._loop.alive()
+        loop_stuck = self._loop is not None and self._loop.alive()
+        stuck_model = self._stuck.model if self._stuck is not None else None
         with self._lock:
             for active in (self._active, self._previous):
                 # a model still inside a hung invoke is left to the process exit: closing it could crash natively
-                if active is not None and not (stuck and active is self._active):
-                    active.model.close()
+                if active is None or active.model is stuck_model or (loop_stuck and active is self._active):
+                    continue
+                active.model.close()
             self._active = self._previous = None
         log.info("stopped")
 
@@ -274,7 +276,8 @@ class Daemon:
     def _start_pipeline(self, local_sinks: bool = True) -> None:
         config = self.config
         assert self._active is not None
-        if self._active is self._stuck:  # a thread is still inside its invoke: serve a fresh copy of it
+        if self._stuck is not None and self._active.model is self._stuck.model:
+            # a stopped loop's thread is still inside this model's invoke: serve a fresh copy of it
             self._active = self.load_candidate(self._stuck.model.bundle.path)
             log.warning(
                 "the previous inference thread is stuck in an invoke; serving a fresh copy of the model"
@@ -455,7 +458,8 @@ class Daemon:
             follow = self.monitors.prepare_rebind(candidate) if self.monitors is not None else None
             old = loop.swap(candidate, on_swap=follow)
             previous = self._previous
-            if previous is not None and all(previous is not keep for keep in (old, candidate, self._stuck)):
+            keep = [old.model, candidate.model] + ([self._stuck.model] if self._stuck is not None else [])
+            if previous is not None and all(previous.model is not model for model in keep):
                 previous.model.close()
             self._previous, self._active = old, candidate
         model = candidate.model
@@ -545,10 +549,11 @@ class Daemon:
                         self._active = following
                         self._start_pipeline()
                         self._model_problem = None
+                    stuck_model = self._stuck.model if self._stuck is not None else None
                     if (
                         candidate is not None
                         and previous_active is not None
-                        and previous_active is not self._stuck
+                        and previous_active.model is not stuck_model
                     ):
                         previous_active.model.close()
                 elif "sinks" in changed and self._loop is not None:

@@ -54,7 +54,7 @@ LOOP_TIMEOUT_S = 0.05
 """Longest wait in paho's select; bounds the delay between a put and its send when the link is idle."""
 STABLE_S = 10.0
 """A connection that held this long resets the backoff to min_s."""
-STOP_ACK_TIMEOUT_S = 2.0
+STOP_ACK_TIMEOUT_S = 1.0
 MQTT_LOG_ERR = 8
 
 
