@@ -161,6 +161,13 @@ class DriftConfig(Section):
     enabled: bool = Field(True, description="Watch input and output statistics for drift.")
     every_n: int = Field(300, ge=10, description="Compare with the reference every n items.")
     psi_threshold: float = Field(0.2, gt=0, description="Population stability index that counts as drift.")
+    input_every: int = Field(
+        4,
+        ge=1,
+        le=1000,
+        description="Input statistics from every n-th item (consecutive frames are alike; this keeps the monitor off "
+        "the loop's critical path); outputs are counted on every item.",
+    )
 
 
 class MonitorConfig(Section):

@@ -79,7 +79,10 @@ class Monitors(LoopObserver):
                 path = active.model.bundle.file(reference_file)
                 reference = DriftReference.model_validate_json(path.read_bytes())
                 drift = DriftMonitor(
-                    reference, every_n=drift_config.every_n, psi_threshold=drift_config.psi_threshold
+                    reference,
+                    every_n=drift_config.every_n,
+                    psi_threshold=drift_config.psi_threshold,
+                    input_every=drift_config.input_every,
                 )
             except (OSError, ValueError, AgentError) as problem:
                 log.warning("drift monitoring off for %s: %s", active.model.name, problem)
