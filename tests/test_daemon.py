@@ -269,3 +269,15 @@ def test_sigterm_with_the_broker_unreachable_still_stops_within_two_seconds(fold
     finally:
         code, output, took = stop(process)
     assert code == 0 and took < 2.0, (took, output)
+
+
+def test_a_results_file_that_cannot_be_written_at_start_leaves_the_daemon_serving_without_it(folder):
+    folder.write('[sinks.jsonl]\nenabled = true\npath = "/proc/no/such/results.jsonl"')
+    process = start_daemon(folder)
+    try:
+        data = wait_status(folder, lambda s: processed(s) >= 5, 30, "results without the file sink")
+        [event] = [e for e in events_of(data, "error") if "running without local sinks" in e["message"]]
+        assert "/proc/no/such/results.jsonl" in event["message"]
+    finally:
+        code, output, _ = stop(process)
+    assert code == 0 and "Traceback" not in output, output

@@ -153,6 +153,10 @@ def test_a_restart_while_an_invoke_hangs_serves_a_fresh_copy_of_the_model(folder
         return original(self, tensor)
 
     monkeypatch.setattr(Model, "invoke", invoke)
+    closed: list[Model] = []
+    original_close = Model.close
+    monkeypatch.setattr(Model, "close", lambda self: (closed.append(self), original_close(self))[1])
+    folder.write("[pipeline]\nhang_timeout_s = 1.0")
     daemon = Daemon(load_config(folder.config, environ={}), folder.config)
     thread = run_in_thread(daemon)
     try:
@@ -168,9 +172,45 @@ def test_a_restart_while_an_invoke_hangs_serves_a_fresh_copy_of_the_model(folder
         )
         before = processed(daemon.status())
         wait_for(lambda: processed(daemon.status()) >= before + 3, 20, "results from the fresh copy")
-        assert daemon.status()["model"]["name"] == hung.name
+        assert daemon.status()["model"]["name"] == hung.name and hung not in closed
+        released.set()  # the hung invoke returns: its model copy is closed, the fresh one serves on
+        wait_for(lambda: hung in closed, 10, "the stuck copy closed once its thread ended")
+        assert daemon._active.model not in closed
     finally:
         released.set()
+        daemon.request_stop()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_a_restart_during_a_slow_invoke_waits_for_it_and_keeps_the_model(folder, monkeypatch):
+    slow = threading.Event()
+    original = Model.invoke
+
+    def invoke(self: Model, tensor: Any) -> Any:
+        if slow.is_set():
+            slow.clear()
+            time.sleep(1.5)  # slower than the 1 s a restart used to allow, far below hang_timeout_s
+        return original(self, tensor)
+
+    monkeypatch.setattr(Model, "invoke", invoke)
+    daemon = Daemon(load_config(folder.config, environ={}), folder.config)
+    thread = run_in_thread(daemon)
+    try:
+        assert daemon._active is not None
+        model = daemon._active.model
+        slow.set()
+        wait_for(lambda: daemon.status()["loop"]["busy_s"] > 0.2, 10, "the slow invoke")
+        daemon.request_restart()
+        wait_for(
+            lambda: any(e["message"] == "pipeline restarted" for e in daemon.status()["events"]),
+            20,
+            "restart",
+        )
+        before = processed(daemon.status())
+        wait_for(lambda: processed(daemon.status()) >= before + 3, 20, "results after the restart")
+        assert daemon._active.model is model and daemon._stuck is None
+    finally:
         daemon.request_stop()
         thread.join(10)
     assert not thread.is_alive()

@@ -50,6 +50,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("agent.daemon")
 
 TICK_S = 0.5
+LOAD_LIMIT_S = (
+    600.0  # a model load (with warm-up) on the main thread, as long as it may take on the slowest device
+)
 WITHOUT_MODEL_TICK_LIMIT_S = 30.0  # running without a model, the watchdog is fed while the main loop ticks
 STOP_BUDGET_S = 1.6  # of the 2 s from SIGTERM to exit: the rest is the interpreter's own shutdown
 
@@ -88,8 +91,11 @@ class Daemon:
         self._model_problem: str | None = None
         self._next_model_try = 0.0
         self._last_tick = time.monotonic()
-        # The model whose invoke a stopped loop's thread is still inside: never closed, never run again.
+        # The model whose invoke a stopped loop's thread is still inside (and that loop): never served again, and
+        # closed only once that thread has come out of the invoke.
         self._stuck: ActiveModel | None = None
+        self._stuck_loop: InferenceLoop | None = None
+        self._loading_since: float | None = None
 
     # ------------------------------------------------------------------ life cycle
 
@@ -105,7 +111,7 @@ class Daemon:
         if problem is not None:
             self._run_without_model(problem)
         else:
-            self._start_pipeline()
+            self._start_with_sink_fallback()
         self._control = ControlServer(
             self.config.resolved_socket(), {"status": lambda _: self.status(), "ping": lambda _: "pong"}
         )
@@ -142,6 +148,8 @@ class Daemon:
         try:
             while not self._stop.wait(TICK_S):
                 now = self._last_tick = time.monotonic()
+                if self._stuck is not None:
+                    self._guard("stuck model cleanup", self._reap_stuck)
                 if self._active is None and self._model_problem is not None and now >= self._next_model_try:
                     self._guard("model retry", self._retry_model)
                 if now >= next_system:
@@ -307,17 +315,34 @@ class Daemon:
 
         if self._runner is not None:
             self._runner.stop(within(0.5))
-        if self._loop is not None and not self._loop.stop(within(1.0)):
+        loop = self._loop
+        if deadline is not None or loop is None:
+            wait_s = within(1.0)
+        else:  # outside a shutdown the item in flight may finish: a slow model is not a hung one
+            wait_s = max(1.0, self.config.pipeline.hang_timeout_s - loop.busy_s())
+        if loop is not None and not loop.stop(wait_s):
             log.warning("the inference thread is stuck in an invoke; leaving it behind")
-            self._stuck = self._active
+            self._stuck, self._stuck_loop = loop.active, loop
         for sink in self._sinks:
             try:
-                sink.close()
+                sink.close(within(0.5))
             except Exception as problem:
                 log.warning("closing sink %s: %s", sink.name, problem)
         self._sinks = []
         if self.monitors is not None:
-            self.monitors.close()
+            self.monitors.close(within(0.5))
+
+    def _reap_stuck(self) -> None:
+        """Closes the model a hung invoke held, once that thread has come out of it (unless it is in use again)."""
+        stuck, loop = self._stuck, self._stuck_loop
+        if stuck is None or loop is None or loop.alive():
+            return
+        with self._lock:
+            self._stuck = self._stuck_loop = None
+            in_use = [a.model for a in (self._active, self._previous) if a is not None]
+            if all(stuck.model is not model for model in in_use):
+                stuck.model.close()
+        log.info("the inference thread that hung has ended; its model copy is closed")
 
     def restart_pipeline(self) -> None:
         """Stops and starts the source and the worker with the current config (model kept)."""
@@ -345,7 +370,13 @@ class Daemon:
     def _make_sinks(self, config: AgentConfig) -> list[Sink]:
         sinks: list[Sink] = []
         if config.sinks.jsonl.enabled:
-            sinks.append(JsonLinesSink(config.sinks.jsonl.path, config.sinks.jsonl.every_n))
+            path = config.sinks.jsonl.path
+            try:
+                sinks.append(JsonLinesSink(path, config.sinks.jsonl.every_n))
+            except OSError as problem:
+                raise AgentError(
+                    f"cannot open the results file {path} (sinks.jsonl.path): {problem.strerror or problem}"
+                ) from None
         return sinks
 
     def _link_sinks(self) -> list[Sink]:
@@ -365,8 +396,11 @@ class Daemon:
     def _healthy(self) -> bool:
         """False only when an invoke hangs: an idle loop behind a stalled source is healthy."""
         if self._active is None and self._model_problem is not None:
-            # running without a model: healthy while the main thread keeps supervising (and retrying)
-            return time.monotonic() - self._last_tick < WITHOUT_MODEL_TICK_LIMIT_S
+            # running without a model: healthy while the main thread keeps supervising, or loads a model
+            now, loading_since = time.monotonic(), self._loading_since
+            if loading_since is not None and now - loading_since < LOAD_LIMIT_S:
+                return True
+            return now - self._last_tick < WITHOUT_MODEL_TICK_LIMIT_S
         loop = self._loop
         if loop is None or not loop.alive():
             return False
@@ -379,6 +413,13 @@ class Daemon:
 
     def _load(self, bundle: Path, config: AgentConfig | None = None) -> Model:
         config = config or self.config
+        self._loading_since = time.monotonic()
+        try:
+            return self._load_and_warm(bundle, config)
+        finally:
+            self._loading_since = None
+
+    def _load_and_warm(self, bundle: Path, config: AgentConfig) -> Model:
         model = Model.load(bundle, config.model.runtime, verify=config.model.verify)
         try:
             warm_up(model, config.model.warmup_runs)
@@ -433,20 +474,48 @@ class Daemon:
                 else:
                     log.info("model still cannot be loaded: %s", problem)
                 return
-            self._active, self._model_problem = candidate, None
-            self._start_pipeline()
+            if not self._serve_first(candidate):
+                return
         model = candidate.model
         self.report(
             "model", "info", f"model {model.name} v{model.version} in service", self._model_evidence(model)
         )
 
+    def _start_with_sink_fallback(self) -> None:
+        """Starts the pipeline; if it fails (a JSON lines file that cannot be written), again without local sinks."""
+        try:
+            self._start_pipeline()
+        except Exception as error:
+            self._stop_pipeline()
+            self.report("error", "error", f"pipeline start failed ({error}); running without local sinks")
+            self._start_pipeline(local_sinks=False)
+
+    def _serve_first(self, candidate: ActiveModel) -> bool:
+        """Starts the pipeline on a model while none is in service; on failure, back to running without one."""
+        self._active, self._model_problem = candidate, None
+        try:
+            self._start_with_sink_fallback()
+        except Exception as problem:  # the pipeline cannot start even without local sinks
+            self._stop_pipeline()
+            if self._active is not None and self._active.model is not candidate.model:
+                self._active.model.close()  # the fresh copy made for a stuck model
+            candidate.model.close()
+            self._active = None
+            self._run_without_model(problem)
+            return False
+        return True
+
     def swap_model(self, candidate: ActiveModel) -> None:
         """Puts a loaded candidate in service between two items; the replaced model is kept for `restore_previous`."""
         with self._lock:
             loop = self._loop
-            if loop is None:  # running without a model: the candidate starts the pipeline
-                self._active, self._model_problem = candidate, None
-                self._start_pipeline()
+            if (
+                self._active is None or loop is None
+            ):  # running without a model: the candidate starts the pipeline
+                if not self._serve_first(candidate):
+                    raise ModelError(
+                        f"the pipeline could not start on {candidate.model.name}: {self._model_problem}"
+                    )
                 model = candidate.model
                 self.report(
                     "model",

@@ -164,7 +164,10 @@ class InferenceLoop:
         try:
             old, self._active = self._active, new
             if on_swap is not None:
-                on_swap()
+                try:
+                    on_swap()
+                except Exception:  # the swap itself has happened: a failing hook must not hide that
+                    log.exception("the swap hook failed")
         finally:
             self._swap_lock.release()
         log.info("model %s v%d now in service", new.model.name, new.model.version)

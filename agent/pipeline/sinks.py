@@ -29,8 +29,8 @@ class Sink(Protocol):
     def emit(self, record: ResultRecord) -> None:
         """Takes one result."""
 
-    def close(self) -> None:
-        """Flushes and releases resources."""
+    def close(self, timeout_s: float = 0.5) -> None:
+        """Flushes and releases resources, within about `timeout_s` (what is still queued then is dropped)."""
 
 
 class ThreadedSink:
@@ -113,9 +113,9 @@ class JsonLinesSink:
         self._handle.write(json.dumps(record.to_dict(), separators=(",", ":")) + "\n")
         self._handle.flush()
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 0.5) -> None:
         """Flushes and closes the file."""
-        self._worker.close()
+        self._worker.close(timeout_s)
         if self._owned:
             self._handle.close()
 
@@ -136,6 +136,6 @@ class CallbackSink:
         """Queues the record."""
         self._worker.emit(record)
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 0.5) -> None:
         """Drains and stops."""
-        self._worker.close()
+        self._worker.close(timeout_s)
