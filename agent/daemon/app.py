@@ -360,12 +360,7 @@ class Daemon:
         self._stop_pipeline()
         if self._active is None:  # running without a model: nothing to restart
             return
-        try:
-            self._start_pipeline()
-        except Exception as problem:
-            log.error("pipeline restart failed (%s); retrying without local sinks", problem)
-            self._stop_pipeline()
-            self._start_pipeline(local_sinks=False)
+        self._start_with_sink_fallback()
 
     def _make_sinks(self, config: AgentConfig) -> list[Sink]:
         sinks: list[Sink] = []

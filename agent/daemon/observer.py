@@ -8,10 +8,7 @@ with the count in between, so a broken input stream cannot flood the fleet.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -23,6 +20,7 @@ from agent.monitor.drift import DriftMonitor
 from agent.monitor.events import MonitorEvent
 from agent.monitor.metrics import LoopMetrics
 from agent.pipeline import ActiveModel, LoopObserver, ResultRecord
+from agent.pipeline.sinks import ThreadedSink
 from agent.pipeline.snapshots import SnapshotStore
 from agent.sources.base import Item
 
@@ -57,10 +55,7 @@ class Monitors(LoopObserver):
         if config.snapshots.enabled and config.snapshots.max_bytes > 0:
             folder = config.snapshots.folder or daemon.state_dir / "snapshots"
             self._snapshots = SnapshotStore(folder, config.snapshots.max_bytes, config.snapshots.jpeg_quality)
-        self._writes: queue.Queue[tuple[MonitorEvent, Item | None] | None] = queue.Queue(maxsize=32)
-        self.write_drops = 0
-        self._writer = threading.Thread(target=self._write_loop, name="event-writer", daemon=True)
-        self._writer.start()
+        self._writer: ThreadedSink[tuple[MonitorEvent, Item | None]] = ThreadedSink("events", self._write)
         self.rebind(active, count_swap=False)
 
     # ------------------------------------------------------------------ model changes
@@ -140,43 +135,27 @@ class Monitors(LoopObserver):
     # ------------------------------------------------------------------ events with snapshots (writer thread)
 
     def _post(self, event: MonitorEvent, item: Item | None) -> None:
-        try:
-            self._writes.put_nowait((event, item))
-        except queue.Full:
-            self.write_drops += 1
+        self._writer.emit((event, item))  # never blocks: a full queue drops (and counts) the event
 
-    def _write_loop(self) -> None:
-        while True:
-            work = self._writes.get()
-            if work is None:
-                return
-            event, item = work
-            snapshot: str | None = None
-            if item is not None and self._snapshots is not None:
-                ref = self._snapshots.save(item.data, f"{event.type}-{item.seq}", time.time())
-                snapshot = ref.name if ref is not None else None
-            evidence = dict(event.evidence)
-            if item is not None:
-                evidence.setdefault("seq", item.seq)
-            try:
-                self._daemon.report(event.type, event.severity, event.message, evidence, snapshot)
-            except Exception as problem:
-                log.warning("could not report %s event: %s", event.type, problem)
+    def _write(self, work: tuple[MonitorEvent, Item | None]) -> None:
+        event, item = work
+        snapshot: str | None = None
+        if item is not None and self._snapshots is not None:
+            ref = self._snapshots.save(item.data, f"{event.type}-{item.seq}", time.time())
+            snapshot = ref.name if ref is not None else None
+        evidence = dict(event.evidence)
+        if item is not None:
+            evidence.setdefault("seq", item.seq)
+        self._daemon.report(event.type, event.severity, event.message, evidence, snapshot)
+
+    @property
+    def write_drops(self) -> int:
+        """Events dropped because the writer fell behind (or was stopped with a backlog)."""
+        return self._writer.dropped
 
     def close(self, timeout_s: float = 0.5) -> None:
         """Stops the writer thread; events still queued after `timeout_s` are dropped (a stop must stay fast)."""
-        with contextlib.suppress(queue.Full):
-            self._writes.put(None, timeout=timeout_s)
-        self._writer.join(timeout_s)
-        if self._writer.is_alive():
-            while True:
-                try:
-                    self._writes.get_nowait()
-                    self.write_drops += 1
-                except queue.Empty:
-                    break
-            with contextlib.suppress(queue.Full):
-                self._writes.put_nowait(None)
+        self._writer.close(timeout_s)
 
     # ------------------------------------------------------------------ readers (any thread)
 

@@ -14,11 +14,13 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Generic, Protocol, TypeVar
 
 from agent.pipeline.records import ResultRecord
 
 log = logging.getLogger("agent.pipeline.sinks")
+
+T = TypeVar("T")
 
 
 class Sink(Protocol):
@@ -33,19 +35,22 @@ class Sink(Protocol):
         """Flushes and releases resources, within about `timeout_s` (what is still queued then is dropped)."""
 
 
-class ThreadedSink:
-    """Runs a slow consumer on its own thread behind a bounded queue; overflow is dropped and counted."""
+class ThreadedSink(Generic[T]):
+    """Runs a slow consumer on its own thread behind a bounded queue; overflow is dropped and counted.
 
-    def __init__(self, name: str, consume: Callable[[ResultRecord], None], capacity: int = 32) -> None:
+    Generic over what it carries: result records for sinks, monitor events for the daemon's event writer.
+    """
+
+    def __init__(self, name: str, consume: Callable[[T], None], capacity: int = 32) -> None:
         self.name = name
         self._consume = consume
-        self._queue: queue.Queue[ResultRecord | None] = queue.Queue(maxsize=capacity)
+        self._queue: queue.Queue[T | None] = queue.Queue(maxsize=capacity)
         self.dropped = 0
         self.errors = 0
         self._thread = threading.Thread(target=self._run, name=f"sink-{name}", daemon=True)
         self._thread.start()
 
-    def emit(self, record: ResultRecord) -> None:
+    def emit(self, record: T) -> None:
         """Queues the record, or drops it when the queue is full."""
         try:
             self._queue.put_nowait(record)
