@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 from agent import __version__
 from agent.config import AgentConfig, default_bundle, load_config
 from agent.daemon.control import ControlServer
-from agent.daemon.events import AgentEvent, EventLog
+from agent.daemon.events import EventLog
 from agent.daemon.observer import Monitors
 from agent.errors import AgentError, ConfigError, ModelError
+from agent.events import AgentEvent
 from agent.inference import Model
 from agent.pipeline import (
     ActiveModel,

@@ -9,49 +9,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
+
+from agent.events import LOG_LEVELS, AgentEvent
 
 log = logging.getLogger("agent.events")
-
-EventType = Literal["anomaly", "drift", "source", "model", "update", "error"]
-Severity = Literal["info", "warning", "error", "critical"]
-_LEVELS = {
-    "info": logging.INFO,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
-    "critical": logging.CRITICAL,
-}
-
-
-@dataclass(frozen=True)
-class AgentEvent:
-    """Something the fleet should hear about."""
-
-    type: EventType
-    severity: Severity
-    message: str
-    evidence: dict[str, Any] = field(default_factory=dict)
-    snapshot: str | None = None
-    time: float = field(default_factory=time.time)
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {
-            "id": self.id,
-            "type": self.type,
-            "severity": self.severity,
-            "time": round(self.time, 3),
-            "message": self.message,
-            "evidence": self.evidence,
-            "snapshot": self.snapshot,
-        }
-
 
 class EventLog:
     """Records events, keeps the recent ones, and hands each to its subscribers."""
@@ -76,7 +40,7 @@ class EventLog:
 
     def emit(self, event: AgentEvent) -> AgentEvent:
         """Logs, keeps and forwards an event."""
-        log.log(_LEVELS[event.severity], "%s event: %s", event.type, event.message)
+        log.log(LOG_LEVELS[event.severity], "%s event: %s", event.type, event.message)
         with self._lock:
             self._recent.append(event)
             self.counts[event.type] = self.counts.get(event.type, 0) + 1

@@ -14,8 +14,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from agent.config import apply_patch, save_overrides
-from agent.daemon.events import AgentEvent
 from agent.errors import AgentError, InputError
+from agent.events import AgentEvent
 from agent.link import (
     CommandError,
     DeviceIdentity,

@@ -14,10 +14,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import AgentError
+from agent.events import AgentEvent
 from agent.inference.reference import DriftReference
 from agent.monitor.anomaly import AnomalyRules, AnomalyTracker
 from agent.monitor.drift import DriftMonitor
-from agent.monitor.events import MonitorEvent
 from agent.monitor.metrics import LoopMetrics
 from agent.pipeline import ActiveModel, LoopObserver, ResultRecord
 from agent.pipeline.sinks import ThreadedSink
@@ -55,7 +55,7 @@ class Monitors(LoopObserver):
         if config.snapshots.enabled and config.snapshots.max_bytes > 0:
             folder = config.snapshots.folder or daemon.state_dir / "snapshots"
             self._snapshots = SnapshotStore(folder, config.snapshots.max_bytes, config.snapshots.jpeg_quality)
-        self._writer: ThreadedSink[tuple[MonitorEvent, Item | None]] = ThreadedSink("events", self._write)
+        self._writer: ThreadedSink[tuple[AgentEvent, Item | None]] = ThreadedSink("events", self._write)
         self.rebind(active, count_swap=False)
 
     # ------------------------------------------------------------------ model changes
@@ -134,10 +134,10 @@ class Monitors(LoopObserver):
 
     # ------------------------------------------------------------------ events with snapshots (writer thread)
 
-    def _post(self, event: MonitorEvent, item: Item | None) -> None:
+    def _post(self, event: AgentEvent, item: Item | None) -> None:
         self._writer.emit((event, item))  # never blocks: a full queue drops (and counts) the event
 
-    def _write(self, work: tuple[MonitorEvent, Item | None]) -> None:
+    def _write(self, work: tuple[AgentEvent, Item | None]) -> None:
         event, item = work
         snapshot: str | None = None
         if item is not None and self._snapshots is not None:

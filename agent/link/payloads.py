@@ -16,14 +16,13 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agent.events import EventType, Severity
 from agent.link.errors import PayloadError
 from agent.link.policy import ResultsPolicy
 
 SCHEMA = 1
 """Version of every payload defined here; bumped on an incompatible change."""
 
-EventType = Literal["anomaly", "drift", "source", "model", "update", "error"]
-Severity = Literal["info", "warning", "error", "critical"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 

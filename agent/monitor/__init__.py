@@ -6,7 +6,6 @@ always the caller's (`now` arguments), so every figure can be reproduced in a te
 
 from agent.monitor.anomaly import AnomalyRules, AnomalyTracker, Finding, assess
 from agent.monitor.drift import DriftMonitor, DriftReport, psi
-from agent.monitor.events import MonitorEvent
 from agent.monitor.histogram import LatencyHistogram
 from agent.monitor.metrics import STAGES, LoopMetrics, RateWindow
 
@@ -19,7 +18,6 @@ __all__ = [
     "Finding",
     "LatencyHistogram",
     "LoopMetrics",
-    "MonitorEvent",
     "RateWindow",
     "assess",
     "psi",

@@ -22,8 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.events import AgentEvent, Severity
 from agent.inference.decode import Result
-from agent.monitor.events import MonitorEvent, Severity
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ class AnomalyTracker:
 
     def update(
         self, result: Result | Mapping[str, Any], now: float, seq: int | None = None
-    ) -> MonitorEvent | None:
+    ) -> AgentEvent | None:
         """Feeds one result; returns the event it triggers, if any."""
         finding = assess(result, self.rules)
         if not self.active:
@@ -166,7 +166,7 @@ class AnomalyTracker:
         message = f"anomaly continues ({self._hits} anomalous results in {now - self._started:.1f} s): {finding.reason}"
         return self._event(finding, "ongoing", now, seq, message)
 
-    def _event(self, finding: Finding, phase: str, now: float, seq: int | None, message: str) -> MonitorEvent:
+    def _event(self, finding: Finding, phase: str, now: float, seq: int | None, message: str) -> AgentEvent:
         evidence: dict[str, Any] = {
             **finding.evidence,
             "episode": self.episodes,
@@ -177,8 +177,8 @@ class AnomalyTracker:
         if seq is not None:
             evidence["seq"] = seq
         if phase == "end":
-            return MonitorEvent("anomaly", "info", message, evidence, "end")
+            return AgentEvent("anomaly", "info", message, evidence, phase="end")
         severity = finding.severity if phase == "start" else self._severity
-        return MonitorEvent(
-            "anomaly", severity, message, evidence, "start" if phase == "start" else "ongoing"
+        return AgentEvent(
+            "anomaly", severity, message, evidence, phase="start" if phase == "start" else "ongoing"
         )

@@ -35,9 +35,9 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
+from agent.events import AgentEvent
 from agent.inference.decode import Result
 from agent.inference.reference import THUMBNAIL, DriftReference, Histogram
-from agent.monitor.events import MonitorEvent
 from agent.types import Array
 
 Level = Literal["stable", "moderate", "significant"]
@@ -219,7 +219,7 @@ class DriftMonitor:
 
     # ------------------------------------------------------------------ accumulation
 
-    def observe(self, data: Array | None, result: Result | None = None) -> MonitorEvent | None:
+    def observe(self, data: Array | None, result: Result | None = None) -> AgentEvent | None:
         """Counts one item (its input and/or result); every `every_n` items checks and returns an event on a change."""
         if data is not None and self._items % self.input_every == 0:
             self.observe_input(data)
@@ -286,7 +286,7 @@ class DriftMonitor:
 
     # ------------------------------------------------------------------ comparison
 
-    def check(self) -> tuple[DriftReport | None, MonitorEvent | None]:
+    def check(self) -> tuple[DriftReport | None, AgentEvent | None]:
         """Compares the window gathered so far with the reference, restarts the window; returns report and event."""
         scores: dict[str, float] = {}
         for name, binned in zip(self._names, self._inputs, strict=True):
@@ -331,23 +331,23 @@ class DriftMonitor:
         self.checks += 1
         return report, self._event(report, was, escalated)
 
-    def _event(self, report: DriftReport, was: bool, escalated: bool) -> MonitorEvent | None:
+    def _event(self, report: DriftReport, was: bool, escalated: bool) -> AgentEvent | None:
         evidence = report.to_dict()
         worst = f"{report.worst} PSI {report.max_psi:.2f}"
         shift = report.mean_shift.get((report.worst or "").removeprefix("input."))
         if shift is not None:
             worst += f", mean shift {shift:+.2f} std"
         if report.drifting and not was:
-            return MonitorEvent(
-                "drift", "warning", f"data drift ({report.level}): {worst}", evidence, "start"
+            return AgentEvent(
+                "drift", "warning", f"data drift ({report.level}): {worst}", evidence, phase="start"
             )
         if report.drifting and report.level == "significant" and not escalated:
-            return MonitorEvent(
-                "drift", "warning", f"data drift is now significant: {worst}", evidence, "ongoing"
+            return AgentEvent(
+                "drift", "warning", f"data drift is now significant: {worst}", evidence, phase="ongoing"
             )
         if was and not report.drifting:
-            return MonitorEvent(
-                "drift", "info", f"data drift cleared: largest PSI {report.max_psi:.2f}", evidence, "end"
+            return AgentEvent(
+                "drift", "info", f"data drift cleared: largest PSI {report.max_psi:.2f}", evidence, phase="end"
             )
         return None
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from agent.inference import Prepared, Result
+from agent.pipeline.active import ActiveModel
 from agent.sources.base import Item
-
-if TYPE_CHECKING:
-    from agent.pipeline.loop import ActiveModel
 
 
 @dataclass(frozen=True, slots=True)
