@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from conftest import FLOATS, MODELS, SAMPLES
 
+from agent.events import AgentEvent
 from agent.inference import Model
 from agent.inference.decode import Label, Result
 from agent.inference.inputs import read_csv, read_image, sliding_windows
 from agent.inference.manifest import ImageInput
 from agent.inference.reference import DriftReference, compute_reference, image_channels
 from agent.monitor.drift import DriftMonitor, _thumbnail, merge_groups, psi
-from agent.monitor.events import MonitorEvent
 from agent.types import Array
 
 
@@ -40,7 +40,7 @@ def _offset(windows: Iterable[Array], reference: DriftReference, std_units: floa
 
 def _run(
     monitor: DriftMonitor, inputs: list[Array], results: list[Result] | None = None
-) -> list[MonitorEvent]:
+) -> list[AgentEvent]:
     events = []
     for index, data in enumerate(inputs):
         event = monitor.observe(data, results[index] if results is not None else None)
