@@ -28,7 +28,7 @@ def run_in_thread(daemon: Daemon) -> threading.Thread:
     thread = threading.Thread(target=daemon.run, name="daemon-under-test", daemon=True)
     thread.start()
     wait_for(
-        lambda: daemon.monitors is not None and processed(daemon.status()) >= 3, 30, "the daemon running"
+        lambda: daemon.models.pipeline is not None and processed(daemon.status()) >= 3, 30, "the daemon running"
     )
     return thread
 
@@ -85,17 +85,17 @@ def test_hot_swap_through_the_daemon_keeps_the_previous_model_to_restore_at_once
     daemon = Daemon(load_config(folder.config, environ={}), folder.config)
     thread = run_in_thread(daemon)
     try:
-        candidate = daemon.load_candidate(MODELS / "digits-det-onnx")
-        daemon.swap_model(candidate)
+        assert daemon.main.call(lambda: daemon.models.load_candidate(MODELS / "digits-det-onnx"), 30).ok
+        assert daemon.main.call(daemon.models.activate, 30).ok
         wait_for(lambda: daemon.status()["metrics"]["counters"]["swaps"] == 1, 10, "the swap counted")
         data = daemon.status()
         assert data["model"]["runtime"] == "onnxruntime" and data["previous_model"]["runtime"] == "litert"
         before = processed(data)
         wait_for(lambda: processed(daemon.status()) > before + 3, 10, "results from the new model")
-        assert daemon.restore_previous()
+        assert daemon.main.call(daemon.models.restore_previous, 30).ok
         data = daemon.status()
         assert data["model"]["runtime"] == "litert" and data["previous_model"] is None
-        assert not daemon.restore_previous()
+        assert not daemon.main.call(daemon.models.restore_previous, 30).ok
         kinds = [e["message"] for e in data["events"] if e["type"] == "model"]
         assert any("restored" in m for m in kinds)
     finally:
@@ -107,8 +107,8 @@ def test_a_candidate_that_does_not_fit_the_source_is_refused_and_service_goes_on
     daemon = Daemon(load_config(folder.config, environ={}), folder.config)
     thread = run_in_thread(daemon)
     try:
-        with pytest.raises(Exception, match="sensor windows"):
-            daemon.load_candidate(MODELS / "motion-ae-onnx")
+        outcome = daemon.main.call(lambda: daemon.models.load_candidate(MODELS / "motion-ae-onnx"), 30)
+        assert not outcome.ok and "sensor windows" in outcome.message
         before = processed(daemon.status())
         wait_for(lambda: processed(daemon.status()) > before, 10, "service going on")
     finally:
@@ -127,12 +127,12 @@ def test_a_config_change_that_fails_halfway_leaves_the_previous_config_serving(f
             daemon.config, {"sinks": {"jsonl": {"enabled": True, "path": "/proc/no/such.jsonl"}}}
         )
         with pytest.raises(AgentError):
-            daemon.apply_config(unwritable)
+            daemon.main.call(lambda: daemon.apply_config(unwritable), 30)
         wrong_source = apply_patch(
             daemon.config, {"source": {"type": "synthetic"}}
         )  # windows for an image model
         with pytest.raises(AgentError, match="sensor windows"):
-            daemon.apply_config(wrong_source)
+            daemon.main.call(lambda: daemon.apply_config(wrong_source), 30)
         assert daemon.config.source.type == "video" and not daemon.config.sinks.jsonl.enabled
         before = processed(daemon.status())
         wait_for(lambda: processed(daemon.status()) > before + 3, 10, "service going on")
@@ -160,13 +160,13 @@ def test_a_restart_while_an_invoke_hangs_serves_a_fresh_copy_of_the_model(folder
     daemon = Daemon(load_config(folder.config, environ={}), folder.config)
     thread = run_in_thread(daemon)
     try:
-        assert daemon._active is not None
-        hung = daemon._active.model
+        assert daemon.models.active is not None
+        hung = daemon.models.active.model
         stuck_in.append(hung)
         wait_for(lambda: daemon.status()["loop"]["busy_s"] > 0.5, 10, "the invoke hanging")
         daemon.request_restart()
         wait_for(
-            lambda: daemon._active is not None and daemon._active.model is not hung,
+            lambda: daemon.models.active is not None and daemon.models.active.model is not hung,
             20,
             "a fresh copy in service",
         )
@@ -175,7 +175,7 @@ def test_a_restart_while_an_invoke_hangs_serves_a_fresh_copy_of_the_model(folder
         assert daemon.status()["model"]["name"] == hung.name and hung not in closed
         released.set()  # the hung invoke returns: its model copy is closed, the fresh one serves on
         wait_for(lambda: hung in closed, 10, "the stuck copy closed once its thread ended")
-        assert daemon._active.model not in closed
+        assert daemon.models.active.model not in closed
     finally:
         released.set()
         daemon.request_stop()
@@ -197,8 +197,8 @@ def test_a_restart_during_a_slow_invoke_waits_for_it_and_keeps_the_model(folder,
     daemon = Daemon(load_config(folder.config, environ={}), folder.config)
     thread = run_in_thread(daemon)
     try:
-        assert daemon._active is not None
-        model = daemon._active.model
+        assert daemon.models.active is not None
+        model = daemon.models.active.model
         slow.set()
         wait_for(lambda: daemon.status()["loop"]["busy_s"] > 0.2, 10, "the slow invoke")
         daemon.request_restart()
@@ -209,7 +209,7 @@ def test_a_restart_during_a_slow_invoke_waits_for_it_and_keeps_the_model(folder,
         )
         before = processed(daemon.status())
         wait_for(lambda: processed(daemon.status()) >= before + 3, 20, "results after the restart")
-        assert daemon._active.model is model and daemon._stuck is None
+        assert daemon.models.active.model is model and daemon.models.quarantined == 0
     finally:
         daemon.request_stop()
         thread.join(10)

@@ -17,6 +17,7 @@ from agent.events import LOG_LEVELS, AgentEvent
 
 log = logging.getLogger("agent.events")
 
+
 class EventLog:
     """Records events, keeps the recent ones, and hands each to its subscribers."""
 

@@ -1,9 +1,12 @@
-"""The daemon's loop observer: metrics, anomaly and drift monitors, event snapshots, error reports.
+"""The daemon's loop observer: metrics, the model's health, anomaly and drift monitors, event snapshots, error reports.
 
 Runs on the inference thread for every result, so it stays cheap: metrics and monitors are pure and take microseconds;
 anything that writes (a snapshot JPEG with fsync, the event that references it) is handed to one writer thread through
 a bounded queue (overflow is counted, never blocks). Errors on items become one `error` event per `ERROR_EVENT_S`
 with the count in between, so a broken input stream cannot flood the fleet.
+
+It gets narrow ports (`MonitorPorts`: the config sections it reads, the state directory, a reporter), never the daemon.
+The model's health counters (`ModelHealth`) start afresh at every switch, between the same two items as the swap.
 """
 
 from __future__ import annotations
@@ -11,33 +14,45 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+from agent.config import MonitorConfig, SnapshotConfig
+from agent.daemon.ports import Reporter
 from agent.errors import AgentError
 from agent.events import AgentEvent
 from agent.inference.reference import DriftReference
 from agent.monitor.anomaly import AnomalyRules, AnomalyTracker
 from agent.monitor.drift import DriftMonitor
+from agent.monitor.health import ModelHealth
 from agent.monitor.metrics import LoopMetrics
 from agent.pipeline import ActiveModel, LoopObserver, ResultRecord
 from agent.pipeline.sinks import ThreadedSink
 from agent.pipeline.snapshots import SnapshotStore
 from agent.sources.base import Item
 
-if TYPE_CHECKING:
-    from agent.daemon.app import Daemon
-
 log = logging.getLogger("agent.monitor")
 
 ERROR_EVENT_S = 60.0
 
 
+@dataclass(frozen=True)
+class MonitorPorts:
+    """What the monitors need from the daemon: their config sections, where snapshots go, and a reporter."""
+
+    monitor: MonitorConfig
+    snapshots: SnapshotConfig
+    state_dir: Path
+    report: Reporter
+
+
 class Monitors(LoopObserver):
     """Everything the daemon watches on each result."""
 
-    def __init__(self, daemon: Daemon, active: ActiveModel) -> None:
-        self._daemon = daemon
-        config = daemon.config
+    def __init__(self, ports: MonitorPorts, active: ActiveModel) -> None:
+        self._ports = ports
+        config = ports
         self.metrics = LoopMetrics(time.monotonic())
         self._rules = AnomalyRules(
             cooldown_s=config.monitor.anomaly.cooldown_s,
@@ -47,13 +62,14 @@ class Monitors(LoopObserver):
         self._anomaly = AnomalyTracker(self._rules)
         self._drift: DriftMonitor | None = None
         self._active = active
+        self.health = ModelHealth(active.model.name, active.model.version, time.time())
         self.latest: Item | None = None
         self._error_count = 0
         self._errors_since_event = 0
         self._last_error_event = -ERROR_EVENT_S
         self._snapshots: SnapshotStore | None = None
         if config.snapshots.enabled and config.snapshots.max_bytes > 0:
-            folder = config.snapshots.folder or daemon.state_dir / "snapshots"
+            folder = config.snapshots.folder or ports.state_dir / "snapshots"
             self._snapshots = SnapshotStore(folder, config.snapshots.max_bytes, config.snapshots.jpeg_quality)
         self._writer: ThreadedSink[tuple[AgentEvent, Item | None]] = ThreadedSink("events", self._write)
         self.rebind(active, count_swap=False)
@@ -67,7 +83,7 @@ class Monitors(LoopObserver):
     def prepare_rebind(self, active: ActiveModel, count_swap: bool = True) -> Callable[[], None]:
         """Reads the new bundle's drift reference now; the returned call switches to it (cheap: run it at the swap)."""
         drift: DriftMonitor | None = None
-        drift_config = self._daemon.config.monitor.drift
+        drift_config = self._ports.monitor.drift
         reference_file = active.model.manifest.reference
         if drift_config.enabled and reference_file:
             try:
@@ -84,6 +100,7 @@ class Monitors(LoopObserver):
 
         def switch() -> None:
             self._active = active
+            self.health = ModelHealth(active.model.name, active.model.version, time.time())
             self._anomaly = AnomalyTracker(self._rules)
             self._drift = drift
             if count_swap:
@@ -99,6 +116,7 @@ class Monitors(LoopObserver):
         started = time.perf_counter()
         item = record.item
         self.metrics.record_result(now, record.times, record.age_s, item.seq)
+        self.health.record(record.times.total_s, record.result.top_score())
         self.latest = item
         event = self._anomaly.update(record.result, now, item.seq)
         if event is not None:
@@ -115,13 +133,14 @@ class Monitors(LoopObserver):
         now = time.monotonic()
         kind = type(problem).__name__
         self.metrics.record_error(now, kind, item.seq)
+        self.health.error(kind)
         self._error_count += 1
         self._errors_since_event += 1
         if now - self._last_error_event >= ERROR_EVENT_S:
             message = str(problem) if isinstance(problem, AgentError) else f"{kind}: {problem}"
             count, self._errors_since_event = self._errors_since_event, 0
             self._last_error_event = now
-            self._daemon.report(
+            self._ports.report(
                 "error",
                 "error",
                 f"inference failed on item {item.seq}: {message}",
@@ -146,7 +165,7 @@ class Monitors(LoopObserver):
         evidence = dict(event.evidence)
         if item is not None:
             evidence.setdefault("seq", item.seq)
-        self._daemon.report(event.type, event.severity, event.message, evidence, snapshot)
+        self._ports.report.emit(event.with_details(evidence, snapshot))
 
     @property
     def write_drops(self) -> int:

@@ -1,0 +1,90 @@
+"""What the agent says about itself: the systemd status line, the telemetry snapshot and `edge-agent status`.
+
+Pure readers over the model service, the event log and the latest system sample; safe on any thread (the control
+socket's, the link's telemetry clock, the main thread).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.daemon.events import EventLog
+from agent.daemon.model_service import ModelService, evidence_of
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who this agent is and since when."""
+
+    device: str
+    state_dir: Path
+    started_at: float
+
+
+def status_line(models: ModelService) -> str:
+    """One line for systemd's STATUS=: the model in service and its rate, or why none serves."""
+    pipeline = models.pipeline
+    if pipeline is None:
+        if models.problem is not None:
+            return f"no model in service: {models.problem}"[:200]
+        return "starting"
+    model = pipeline.active.model
+    source = next(iter(pipeline.source_states().values()), "none")
+    return f"{model.name} v{model.version}: {pipeline.monitors.rate():.1f} inferences/s, source {source}"
+
+
+def telemetry_of(models: ModelService, events: EventLog, system: dict[str, Any]) -> dict[str, Any]:
+    """The metrics snapshot published to the fleet: loop metrics (with the interval), system, sources, events."""
+    pipeline = models.pipeline
+    data: dict[str, Any] = pipeline.monitors.snapshot(interval=True) if pipeline is not None else {}
+    data["system"] = system
+    data["sources"] = pipeline.source_status() if pipeline is not None else []
+    data["events"] = dict(events.counts)
+    model = pipeline.active.model if pipeline is not None else None
+    data["model"] = {"name": model.name, "version": model.version} if model is not None else None
+    return data
+
+
+def status_of(
+    identity: Identity,
+    models: ModelService,
+    events: EventLog,
+    system: dict[str, Any],
+    link: dict[str, Any],
+) -> dict[str, Any]:
+    """Everything `edge-agent status` shows, JSON-ready."""
+    pipeline, previous = models.pipeline, models.previous
+    model: dict[str, Any] | None = None
+    if pipeline is not None:
+        active = pipeline.active.model
+        model = {**evidence_of(active), "task": active.manifest.task}
+    candidate = models.candidate
+    return {
+        "agent": {
+            "version": __version__,
+            "device": identity.device,
+            "uptime_s": round(time.time() - identity.started_at, 1),
+            "state_dir": str(identity.state_dir),
+            "state": "no-model" if pipeline is None and models.problem is not None else "running",
+            "problem": models.problem if pipeline is None else None,
+            "model_slot": models.state.value,
+        },
+        "model": model,
+        "previous_model": evidence_of(previous.model) if previous is not None else None,
+        "candidate_model": evidence_of(candidate.model) if candidate is not None else None,
+        "model_health": models.health(),
+        "shadow": models.shadow_stats(),
+        "sources": pipeline.source_status() if pipeline is not None else [],
+        "loop": pipeline.loop_status()
+        if pipeline is not None
+        else {"alive": False, "errors": 0, "last_error": None, "busy_s": 0.0},
+        "metrics": pipeline.monitors.snapshot() if pipeline is not None else {},
+        "system": system,
+        "link": link,
+        "events": events.recent(10),
+        "event_counts": dict(events.counts),
+    }
