@@ -7,14 +7,22 @@ import pytest
 from conftest import MODELS, SAMPLES
 
 from agent.inference import Model
-from agent.inference.decode import Detection, Label, Result
+from agent.inference.decode import (
+    AnomalyResult,
+    ClassificationResult,
+    Detection,
+    DetectionResult,
+    Label,
+    RawResult,
+    Result,
+)
 from agent.inference.inputs import read_csv, sliding_windows
 from agent.inference.manifest import WindowInput
 from agent.monitor.anomaly import AnomalyRules, AnomalyTracker, assess
 
 
 def _score(value: float, threshold: float = 0.2) -> Result:
-    return Result("anomaly", score=value, threshold=threshold, anomaly=value > threshold)
+    return AnomalyResult(score=value, threshold=threshold, anomaly=value > threshold)
 
 
 def _run(tracker: AnomalyTracker, scores: list[float], period_s: float = 1.0) -> list[tuple[float, str]]:
@@ -74,10 +82,10 @@ def test_severity_is_critical_far_above_the_threshold_and_evidence_is_json_ready
 def test_a_configured_detection_label_above_min_score_counts_as_an_anomaly() -> None:
     rules = AnomalyRules(labels=("person",), min_score=0.6)
     box = (0.0, 0.0, 10.0, 10.0)
-    weak = Result("detection", detections=(Detection(0, "person", 0.4, box, box),))
-    other = Result("detection", detections=(Detection(1, "cat", 0.9, box, box),))
-    strong = Result(
-        "detection", detections=(Detection(1, "cat", 0.9, box, box), Detection(0, "person", 0.8, box, box))
+    weak = DetectionResult(detections=(Detection(0, "person", 0.4, box, box),))
+    other = DetectionResult(detections=(Detection(1, "cat", 0.9, box, box),))
+    strong = DetectionResult(
+        detections=(Detection(1, "cat", 0.9, box, box), Detection(0, "person", 0.8, box, box))
     )
     assert not assess(weak, rules).anomalous
     assert not assess(other, rules).anomalous
@@ -88,16 +96,16 @@ def test_a_configured_detection_label_above_min_score_counts_as_an_anomaly() -> 
 
 def test_only_the_top_classification_label_counts() -> None:
     rules = AnomalyRules(labels=("fall",), min_score=0.5)
-    top_fall = Result("classification", labels=(Label(3, "fall", 0.7), Label(0, "walk", 0.2)))
-    second_fall = Result("classification", labels=(Label(0, "walk", 0.6), Label(3, "fall", 0.55)))
+    top_fall = ClassificationResult(labels=(Label(3, "fall", 0.7), Label(0, "walk", 0.2)))
+    second_fall = ClassificationResult(labels=(Label(0, "walk", 0.6), Label(3, "fall", 0.55)))
     assert assess(top_fall, rules).anomalous
     assert not assess(second_fall, rules).anomalous
 
 
 def test_without_labels_classification_and_raw_results_are_never_anomalies() -> None:
     rules = AnomalyRules()
-    assert not assess(Result("classification", labels=(Label(0, "x", 1.0),)), rules).anomalous
-    assert not assess(Result("raw"), rules).anomalous
+    assert not assess(ClassificationResult(labels=(Label(0, "x", 1.0),)), rules).anomalous
+    assert not assess(RawResult(), rules).anomalous
     assert not assess({"task": "anomaly", "score": None, "anomaly": None}, rules).anomalous
 
 

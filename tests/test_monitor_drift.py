@@ -11,7 +11,7 @@ from conftest import FLOATS, MODELS, SAMPLES
 
 from agent.events import AgentEvent
 from agent.inference import Model
-from agent.inference.decode import Label, Result
+from agent.inference.decode import AnomalyResult, ClassificationResult, Label, Result
 from agent.inference.inputs import read_csv, read_image, sliding_windows
 from agent.inference.manifest import ImageInput
 from agent.inference.reference import DriftReference, compute_reference, image_channels
@@ -136,7 +136,7 @@ def test_a_moderate_drift_that_turns_significant_is_reported_once_more() -> None
 
 def test_output_drift_alone_is_detected_when_one_class_takes_over() -> None:
     monitor = DriftMonitor(_reference("motion-cls-tflite"), every_n=100)
-    standing = Result("classification", labels=(Label(2, "standing", 0.99),))
+    standing = ClassificationResult(labels=(Label(2, "standing", 0.99),))
     events = [monitor.observe(None, standing) for _ in range(100)]
     fired = [e for e in events if e is not None]
     assert len(fired) == 1 and fired[0].evidence["worst"] == "output.label"
@@ -212,6 +212,6 @@ def test_status_is_json_ready_before_and_after_a_check() -> None:
     monitor = DriftMonitor(_reference("motion-ae-onnx"), every_n=5)
     assert json.loads(json.dumps(monitor.status()))["last"] is None
     for window in _motion_windows()[:5]:
-        monitor.observe(window, Result("anomaly", score=0.01, threshold=0.17, anomaly=False))
+        monitor.observe(window, AnomalyResult(score=0.01, threshold=0.17, anomaly=False))
     status = json.loads(json.dumps(monitor.status(), allow_nan=False))
     assert status["checks"] == 1 and set(status["last"]["psi"]) >= {"input.acc_x", "output.score"}

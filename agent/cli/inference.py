@@ -9,10 +9,10 @@ from typing import Any
 from agent.cli.render import console, error, print_json, table
 from agent.errors import InputError
 from agent.inference.bench import bench_model
-from agent.inference.decode import Result
 from agent.inference.inputs import load_inputs, synthetic_input
 from agent.inference.model import Model
 from agent.inference.options import RuntimeOptions
+from agent.inference.results import AnomalyResult, ClassificationResult, DetectionResult, RawResult, Result
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -49,24 +49,26 @@ def _options(args: argparse.Namespace) -> RuntimeOptions:
 
 
 def _rows(name: str, result: Result, ms: float) -> list[list[Any]]:
-    if result.task == "detection":
-        if not result.detections:
+    match result:
+        case DetectionResult() if not result.detections:
             return [[name, "(nothing detected)", "", "", ms]]
-        return [
-            [name, d.label, round(d.score, 3), "[" + ", ".join(f"{v:.0f}" for v in d.box) + "]", ms]
-            for d in result.detections
-        ]
-    if result.task == "classification":
-        top = result.labels[0] if result.labels else None
-        rest = ", ".join(f"{lab.label} {lab.score:.3f}" for lab in result.labels[1:])
-        return [[name, top.label if top else "-", round(top.score, 4) if top else "", rest, ms]]
-    if result.task == "anomaly":
-        verdict = "ANOMALY" if result.anomaly else "normal"
-        return [[name, verdict, round(result.score or 0.0, 5), f"threshold {result.threshold:.4g}", ms]]
-    return [
-        [name, t.name, list(t.shape), f"min {t.min:.4g} max {t.max:.4g} mean {t.mean:.4g}", ms]
-        for t in result.tensors
-    ]
+        case DetectionResult():
+            return [
+                [name, d.label, round(d.score, 3), "[" + ", ".join(f"{v:.0f}" for v in d.box) + "]", ms]
+                for d in result.detections
+            ]
+        case ClassificationResult():
+            top = result.top
+            rest = ", ".join(f"{lab.label} {lab.score:.3f}" for lab in result.labels[1:])
+            return [[name, top.label if top else "-", round(top.score, 4) if top else "", rest, ms]]
+        case AnomalyResult():
+            verdict = "ANOMALY" if result.anomaly else "normal"
+            return [[name, verdict, round(result.score or 0.0, 5), f"threshold {result.threshold:.4g}", ms]]
+        case RawResult():
+            return [
+                [name, t.name, list(t.shape), f"min {t.min:.4g} max {t.max:.4g} mean {t.mean:.4g}", ms]
+                for t in result.tensors
+            ]
 
 
 _HEADERS = {

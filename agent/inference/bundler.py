@@ -37,6 +37,7 @@ from agent.inference.manifest import (
 from agent.inference.model import Model
 from agent.inference.options import RuntimeOptions
 from agent.inference.reference import compute_reference
+from agent.inference.results import AnomalyResult, ClassificationResult, Result
 from agent.inference.runtimes import TensorSpec, open_backend, runtime_for
 from agent.types import int_range
 
@@ -162,17 +163,20 @@ def _save_input(folder: Path, stem: str, contract: InputContract, data: np.ndarr
     return f"{stem}.npy"
 
 
-def _pick_golden(results: Sequence[Any], count: int) -> list[int]:
+def _pick_golden(results: Sequence[Result], count: int) -> list[int]:
     """Sample indices for golden cases: confident and of distinct top labels first."""
     order = list(range(len(results)))
-    if results and results[0].task == "classification":
-        order.sort(key=lambda i: -(results[i].labels[0].score if results[i].labels else 0.0))
+    tops = [r.top for r in results if isinstance(r, ClassificationResult)]
+    if results and len(tops) == len(results):  # a classifier's results
+        scores = [top.score if top else 0.0 for top in tops]
+        labels = [top.label if top else "" for top in tops]
+        order.sort(key=lambda i: -scores[i])
         seen: set[str] = set()
         first = []
         for i in order:
-            top = results[i].labels[0].label if results[i].labels else ""
-            if top not in seen:
-                seen.add(top)
+            label = labels[i]
+            if label not in seen:
+                seen.add(label)
                 first.append(i)
         order = first + [i for i in order if i not in first]
     return order[:count]
@@ -295,7 +299,7 @@ def _build(
     model = Model(Bundle(work, _manifest(base, work), tuple(labels or ())), backend=backend)
     results = [model.infer(sample) for sample in samples]
     if task == "anomaly" and "threshold" not in (output or {}):
-        scores = np.array([r.score for r in results])
+        scores = np.array([r.score for r in results if isinstance(r, AnomalyResult)])
         threshold = float(np.quantile(scores, 0.995) * 1.25) if scores.size else 0.0
         base["output"] = {**base["output"], "threshold": threshold}
         review.append(f"anomaly threshold {threshold:.4g}: 1.25 x the 99.5th percentile of the sample scores")

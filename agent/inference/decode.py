@@ -1,14 +1,16 @@
 """Output decoding: dequantized model outputs become results (labels, boxes, anomaly scores, named tensors).
 
-Decoders are pure: arrays in, result objects out. Each checks at construction that the model's outputs fit the
-manifest (count, shape, label count) so that a mismatch is refused when the model loads, not on the first frame.
+Decoders are pure: arrays in, result objects out; each decoder makes the one result type of its task
+(`agent.inference.results`, re-exported here for the callers that import results from this module). Each checks at
+construction that the model's outputs fit the manifest (count, shape, label count) so that a mismatch is refused when
+the model loads, not on the first frame.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -23,81 +25,39 @@ from agent.inference.manifest import (
     RawOutput,
 )
 from agent.inference.preprocess import FrameMap
+from agent.inference.results import (
+    AnomalyResult,
+    ClassificationResult,
+    Detection,
+    DetectionResult,
+    Label,
+    RawResult,
+    Result,
+    TensorSummary,
+)
 from agent.inference.runtimes.base import TensorSpec
 from agent.types import Array, FloatArray
 
+__all__ = [
+    "AnomalyDecoder",
+    "AnomalyResult",
+    "ClassificationDecoder",
+    "ClassificationResult",
+    "DecodeContext",
+    "Decoder",
+    "Detection",
+    "DetectionResult",
+    "Label",
+    "RawDecoder",
+    "RawResult",
+    "Result",
+    "SsdDecoder",
+    "TensorSummary",
+    "YoloDecoder",
+    "make_decoder",
+]
+
 Arrays = Sequence[Array]
-
-
-@dataclass(frozen=True)
-class Label:
-    """One class with its score."""
-
-    index: int
-    label: str
-    score: float
-
-
-@dataclass(frozen=True)
-class Detection:
-    """One detected object: box in source-frame pixels (x1, y1, x2, y2) and normalised to the model input."""
-
-    index: int
-    label: str
-    score: float
-    box: tuple[float, float, float, float]
-    box_norm: tuple[float, float, float, float]
-
-
-@dataclass(frozen=True)
-class TensorSummary:
-    """A model output reported as is."""
-
-    name: str
-    shape: tuple[int, ...]
-    min: float
-    max: float
-    mean: float
-    values: tuple[float, ...] | None = None  # only for small tensors
-
-
-@dataclass(frozen=True)
-class Result:
-    """A decoded inference result; exactly the field of its task is filled."""
-
-    task: str
-    labels: tuple[Label, ...] = ()
-    detections: tuple[Detection, ...] = ()
-    score: float | None = None
-    threshold: float | None = None
-    anomaly: bool | None = None
-    tensors: tuple[TensorSummary, ...] = field(default=())
-
-    def to_dict(self) -> dict[str, Any]:
-        """The result as JSON-ready data, with only the fields of its task."""
-        data = asdict(self)
-        keep = {
-            "classification": ("labels",),
-            "detection": ("detections",),
-            "anomaly": ("score", "threshold", "anomaly"),
-            "raw": ("tensors",),
-        }[self.task]
-        return {"task": self.task, **{k: data[k] for k in keep}}
-
-    def summary(self) -> str:
-        """One short line: the top label, the detections, or the score."""
-        if self.task == "classification":
-            return (
-                ", ".join(f"{lab.label} {lab.score:.3f}" for lab in self.labels)
-                or "(no label above min_score)"
-            )
-        if self.task == "detection":
-            return f"{len(self.detections)} objects: " + ", ".join(
-                f"{d.label} {d.score:.2f}" for d in self.detections[:5]
-            )
-        if self.task == "anomaly":
-            return f"score {self.score:.4g} (threshold {self.threshold:.4g}): {'ANOMALY' if self.anomaly else 'normal'}"
-        return "; ".join(f"{t.name}{list(t.shape)} mean {t.mean:.4g}" for t in self.tensors)
 
 
 @dataclass
@@ -149,7 +109,7 @@ class ClassificationDecoder:
             )
         self.config, self.labels = config, list(labels)
 
-    def __call__(self, outputs: Arrays, context: DecodeContext) -> Result:
+    def __call__(self, outputs: Arrays, context: DecodeContext) -> ClassificationResult:
         """Top-k labels above min_score, best first."""
         scores = _activate(outputs[self.config.output_index].reshape(-1), self.config.activation)
         k = min(self.config.top_k, scores.size)
@@ -160,7 +120,7 @@ class ClassificationDecoder:
             for i in top
             if scores[i] >= self.config.min_score
         )
-        return Result("classification", labels=labels)
+        return ClassificationResult(labels)
 
 
 def _nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, config: DetectionOutput) -> np.ndarray:
@@ -207,7 +167,7 @@ class YoloDecoder:
         self.config, self.labels, self.transposed, self.extra = config, list(labels), transposed, extra
         self.input_size = np.array([image.width, image.height, image.width, image.height], dtype=np.float32)
 
-    def __call__(self, outputs: Arrays, context: DecodeContext) -> Result:
+    def __call__(self, outputs: Arrays, context: DecodeContext) -> DetectionResult:
         """Detections above the score threshold after NMS, best first."""
         config = self.config
         rows: Array = outputs[0].reshape(outputs[0].shape[-2:])
@@ -226,10 +186,7 @@ class YoloDecoder:
         if not config.normalized:
             boxes = boxes / self.input_size
         keep = _nms(boxes, scores, classes, config)
-        return Result(
-            "detection",
-            detections=_detections(boxes[keep], scores[keep], classes[keep], self.labels, context),
-        )
+        return DetectionResult(_detections(boxes[keep], scores[keep], classes[keep], self.labels, context))
 
 
 class SsdDecoder:
@@ -263,7 +220,7 @@ class SsdDecoder:
             raise ContractError(f"ssd boxes output must be [1, K, 4], got {list(box_shape)}")
         return order
 
-    def __call__(self, outputs: Arrays, context: DecodeContext) -> Result:
+    def __call__(self, outputs: Arrays, context: DecodeContext) -> DetectionResult:
         """The model's own detections above the score threshold."""
         order, config = self.order, self.config
         boxes = outputs[order["boxes"]].reshape(-1, 4)
@@ -275,9 +232,7 @@ class SsdDecoder:
         chosen = chosen[np.argsort(-scores[chosen], kind="stable")][: config.max_detections]
         xyxy = boxes[chosen][:, [1, 0, 3, 2]]
         class_ids = np.rint(classes[chosen]).astype(np.int64) + config.class_offset
-        return Result(
-            "detection", detections=_detections(xyxy, scores[chosen], class_ids, self.labels, context)
-        )
+        return DetectionResult(_detections(xyxy, scores[chosen], class_ids, self.labels, context))
 
 
 def _detections(
@@ -306,7 +261,7 @@ class AnomalyDecoder:
                 )
         self.config = config
 
-    def __call__(self, outputs: Arrays, context: DecodeContext) -> Result:
+    def __call__(self, outputs: Arrays, context: DecodeContext) -> AnomalyResult:
         """The score, the threshold and whether the score is above it."""
         config = self.config
         out = outputs[config.output_index]
@@ -317,7 +272,7 @@ class AnomalyDecoder:
             if reference is None or reference.size != out.size:
                 raise InputError("reconstruction scoring needs the normalised input of the same size")
             score = float(np.mean(np.square(out.reshape(reference.shape) - reference)))
-        return Result("anomaly", score=score, threshold=config.threshold, anomaly=score > config.threshold)
+        return AnomalyResult(score, config.threshold, score > config.threshold)
 
 
 class RawDecoder:
@@ -326,7 +281,7 @@ class RawDecoder:
     def __init__(self, outputs: Sequence[TensorSpec]) -> None:
         self.names = [spec.name for spec in outputs]
 
-    def __call__(self, outputs: Arrays, context: DecodeContext) -> Result:
+    def __call__(self, outputs: Arrays, context: DecodeContext) -> RawResult:
         """Summaries of all outputs."""
         tensors = []
         for name, array in zip(self.names, outputs, strict=True):
@@ -336,7 +291,7 @@ class RawDecoder:
                 (float(flat.min()), float(flat.max()), float(flat.mean())) if flat.size else (0, 0, 0)
             )
             tensors.append(TensorSummary(name, tuple(array.shape), low, high, mean, values))
-        return Result("raw", tensors=tuple(tensors))
+        return RawResult(tuple(tensors))
 
 
 def make_decoder(

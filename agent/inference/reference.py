@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.inference.decode import Result
 from agent.inference.manifest import ImageInput, InputContract, WindowInput
+from agent.inference.results import AnomalyResult, ClassificationResult, DetectionResult, RawResult, Result
 
 THUMBNAIL = (32, 32)
 BINS = 16
@@ -122,30 +122,32 @@ def input_stats(contract: InputContract, samples: Sequence[np.ndarray]) -> tuple
 
 
 def output_stats(task: str, results: Sequence[Result]) -> OutputStats:
-    """The distribution of decoded results."""
+    """The distribution of decoded results of a model of `task` (results of another type count as empty)."""
+    # Branches on the manifest's task, not on the results: an empty calibration set still gets its task's stats.
     stats = OutputStats(task=task)
     if task == "classification":
-        tops = [r.labels[0] for r in results if r.labels]
+        tops = [r.top for r in results if isinstance(r, ClassificationResult) and r.top is not None]
         counts = Counter(label.label for label in tops)
         stats.class_frequency = {k: v / max(len(results), 1) for k, v in sorted(counts.items())}
         stats.score = histogram(np.array([t.score for t in tops]), np.linspace(0, 1, 11))
     elif task == "detection":
-        detections = [d for r in results for d in r.detections]
+        found = [r.detections if isinstance(r, DetectionResult) else () for r in results]
+        detections = [d for per_input in found for d in per_input]
         counts = Counter(d.label for d in detections)
         stats.class_frequency = {k: v / max(len(detections), 1) for k, v in sorted(counts.items())}
         stats.score = histogram(np.array([d.score for d in detections]), np.linspace(0, 1, 11))
-        per_input = np.array([len(r.detections) for r in results])
+        per_input = np.array([len(f) for f in found])
         top = int(per_input.max()) if per_input.size else 0
         stats.count = histogram(per_input, np.arange(top + 2) - 0.5)
     elif task == "anomaly":
-        scores = np.array([r.score for r in results if r.score is not None])
+        scores = np.array([r.score for r in results if isinstance(r, AnomalyResult)])
         stats.score = histogram(scores, quantile_edges(scores))
         if scores.size:
             stats.score_quantiles = {f"p{q}": float(np.quantile(scores, q / 100)) for q in (50, 90, 99)}
     else:
         totals: dict[str, list[float]] = {}
         for result in results:
-            for tensor in result.tensors:
+            for tensor in result.tensors if isinstance(result, RawResult) else ():
                 totals.setdefault(tensor.name, []).append(tensor.mean)
         stats.tensor_means = {name: float(np.mean(values)) for name, values in totals.items()}
     return stats

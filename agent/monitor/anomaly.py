@@ -18,12 +18,12 @@ Times are the caller's monotonic seconds.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent.events import AgentEvent, Severity
-from agent.inference.decode import Result
+from agent.inference.results import AnomalyResult, ClassificationResult, DetectionResult, Result
 
 
 @dataclass(frozen=True)
@@ -56,43 +56,62 @@ _NORMAL = Finding(False)
 
 def assess(result: Result | Mapping[str, Any], rules: AnomalyRules) -> Finding:
     """Whether one decoded result (a Result or its `to_dict()`) is anomalous under `rules`."""
-    get = (
-        result.get if isinstance(result, Mapping) else lambda key, default=None: getattr(result, key, default)
-    )
-    task = get("task")
+    if isinstance(result, Mapping):
+        return _assess_dict(result, rules)
+    match result:
+        case AnomalyResult():
+            return _assess_score(result.anomaly, result.score, result.threshold, rules)
+        case ClassificationResult():
+            return _assess_labels(result.labels, "classified as ", rules, top_only=True)
+        case DetectionResult():
+            return _assess_labels(result.detections, "detected ", rules)
+    return _NORMAL
+
+
+def _assess_dict(data: Mapping[str, Any], rules: AnomalyRules) -> Finding:
+    # The JSON form has no type to dispatch on: its "task" key is all it says about itself.
+    task = data.get("task")
     if task == "anomaly":
-        if not get("anomaly"):
-            return _NORMAL
-        score, threshold = _number(get("score")), _number(get("threshold"))
-        ratio = score / threshold if score is not None and threshold else None
-        severity: Severity = "critical" if ratio is not None and ratio >= rules.critical_ratio else "warning"
-        text = (
-            f"score {score:.4g} above threshold {threshold:.4g}"
-            if score is not None and threshold
-            else "flagged"
-        )
-        evidence = {
-            "score": score,
-            "threshold": threshold,
-            "ratio": None if ratio is None else round(ratio, 3),
-        }
-        return Finding(True, severity, text, score, evidence)
-    if not rules.labels or task not in ("classification", "detection"):
-        return _NORMAL
-    entries = get("labels") if task == "classification" else get("detections")
-    entries = list(entries or ())
+        return _assess_score(data.get("anomaly"), data.get("score"), data.get("threshold"), rules)
     if task == "classification":
-        entries = entries[:1]
+        return _assess_labels(data.get("labels"), "classified as ", rules, top_only=True)
+    if task == "detection":
+        return _assess_labels(data.get("detections"), "detected ", rules)
+    return _NORMAL
+
+
+def _assess_score(flagged: Any, raw_score: Any, raw_threshold: Any, rules: AnomalyRules) -> Finding:
+    if not flagged:
+        return _NORMAL
+    score, threshold = _number(raw_score), _number(raw_threshold)
+    ratio = score / threshold if score is not None and threshold else None
+    severity: Severity = "critical" if ratio is not None and ratio >= rules.critical_ratio else "warning"
+    text = (
+        f"score {score:.4g} above threshold {threshold:.4g}" if score is not None and threshold else "flagged"
+    )
+    evidence = {
+        "score": score,
+        "threshold": threshold,
+        "ratio": None if ratio is None else round(ratio, 3),
+    }
+    return Finding(True, severity, text, score, evidence)
+
+
+def _assess_labels(
+    entries: Iterable[Any] | None, prefix: str, rules: AnomalyRules, top_only: bool = False
+) -> Finding:
+    if not rules.labels:
+        return _NORMAL
+    listed = list(entries or ())
     found: list[tuple[str, float]] = []
-    for entry in entries:
+    for entry in listed[:1] if top_only else listed:
         label, score = _label_score(entry)
         if label is not None and label in rules.labels and score is not None and score >= rules.min_score:
             found.append((label, score))
     if not found:
         return _NORMAL
     matches = [{"label": label, "score": round(score, 4)} for label, score in found]
-    text = ", ".join(f"{label} {score:.2f}" for label, score in found[:5])
-    text = ("detected " if task == "detection" else "classified as ") + text
+    text = prefix + ", ".join(f"{label} {score:.2f}" for label, score in found[:5])
     peak = max(score for _, score in found)
     return Finding(True, "warning", text, peak, {"matches": matches[:10], "count": len(matches)})
 

@@ -36,8 +36,8 @@ import cv2
 import numpy as np
 
 from agent.events import AgentEvent
-from agent.inference.decode import Result
 from agent.inference.reference import THUMBNAIL, DriftReference, Histogram
+from agent.inference.results import AnomalyResult, ClassificationResult, DetectionResult, Result
 from agent.types import Array
 
 Level = Literal["stable", "moderate", "significant"]
@@ -266,23 +266,25 @@ class DriftMonitor:
         moments.squares += squares
 
     def observe_output(self, result: Result) -> None:
-        """Adds one decoded result to the output statistics."""
-        if result.task == "classification":
-            top = result.labels[0] if result.labels else None
-            if self._labels is not None:
-                self._labels.add(top.label if top else _NONE_LABEL)
-            if self._score is not None and top is not None:
-                self._score.add(np.array([top.score]))
-        elif result.task == "detection":
-            if self._labels is not None:
-                for detection in result.detections:
-                    self._labels.add(detection.label)
-            if self._score is not None and result.detections:
-                self._score.add(np.array([d.score for d in result.detections]))
-            if self._count is not None:
-                self._count.add(np.array([len(result.detections)]))
-        elif result.task == "anomaly" and self._score is not None and result.score is not None:
-            self._score.add(np.array([result.score]))
+        """Adds one decoded result to the output statistics (raw results add nothing)."""
+        match result:
+            case ClassificationResult():
+                top = result.top
+                if self._labels is not None:
+                    self._labels.add(top.label if top else _NONE_LABEL)
+                if self._score is not None and top is not None:
+                    self._score.add(np.array([top.score]))
+            case DetectionResult():
+                if self._labels is not None:
+                    for detection in result.detections:
+                        self._labels.add(detection.label)
+                if self._score is not None and result.detections:
+                    self._score.add(np.array([d.score for d in result.detections]))
+                if self._count is not None:
+                    self._count.add(np.array([len(result.detections)]))
+            case AnomalyResult():
+                if self._score is not None:
+                    self._score.add(np.array([result.score]))
 
     # ------------------------------------------------------------------ comparison
 

@@ -65,11 +65,5 @@ class ResultRecord:
 
     def change_key(self) -> tuple[Any, ...]:
         """A small comparable key: equal keys mean 'the same answer' (for on-change result policies)."""
-        result = self.result
-        if result.task == "classification":
-            return ("cls", result.labels[0].label if result.labels else None)
-        if result.task == "detection":
-            return ("det", tuple(sorted(d.label for d in result.detections)))
-        if result.task == "anomaly":
-            return ("anomaly", bool(result.anomaly))
-        return ("raw", self.item.seq)
+        key = self.result.change_key()
+        return key if key is not None else ("raw", self.item.seq)  # a raw result is always a new answer
