@@ -26,12 +26,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def _graph() -> grimp.ImportGraph:
     settings = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
     roots = settings.get("root_packages") or [settings["root_package"]]
-    # agent/daemon/ has no __init__.py today, so it is a root of its own; once it gets one, grimp refuses it as a root
-    # (NotATopLevelModule, which `lint-imports` reports with no message at all).
-    regular = [
-        root for root in roots if "." in root and (ROOT / root.replace(".", "/") / "__init__.py").exists()
+    # grimp skips a folder without __init__.py inside a package: every package of agent must be a regular one
+    missing = [
+        str(folder.relative_to(ROOT))
+        for folder in (ROOT / "agent").rglob("*")
+        if folder.is_dir() and folder.name != "__pycache__" and not (folder / "__init__.py").exists()
     ]
-    assert not regular, f"{regular} now have an __init__.py: drop them from root_packages in pyproject.toml"
+    assert not missing, f"{missing} have no __init__.py: the import contracts cannot see them"
     spec = importlib.util.find_spec("agent")
     origin = Path(spec.origin).resolve() if spec is not None and spec.origin else None
     assert origin == ROOT / "agent" / "__init__.py", (
