@@ -84,6 +84,12 @@ class ModelConfig(Section):
     )
     warmup_runs: int = Field(5, ge=0, le=1000, description="Inferences run on a new model before it serves.")
     verify: bool = Field(True, description="Check file hashes against the manifest when loading.")
+    self_test: bool = Field(
+        True,
+        description="Run the bundle's golden self-test on this device's runtime when a model is loaded; a model "
+        "whose outputs are outside the manifest's tolerance is refused (a runtime or delegate that computes "
+        "differently here).",
+    )
     retry_s: float = Field(
         60.0,
         ge=1,

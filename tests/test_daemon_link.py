@@ -154,13 +154,9 @@ def test_remote_commands_change_the_running_daemon_and_persist(broker, folder, o
         assert json.loads(overrides.read_text()) == {"pipeline": {"max_rate_hz": 2}}
 
         reply = ask(operator, "set-config", {"patch": {"model": {"bundle": "/no/such/bundle"}}})
-        assert reply.status == "ok" and reply.data["applied_live"] == ["model"]  # valid as config...
-        wait_status(
-            folder, lambda s: any("no/such/bundle" in e["message"] for e in s["events"]), 15, "the failure"
-        )
-        assert "model" not in json.loads(
-            overrides.read_text()
-        )  # ...but never persisted, since it did not load
+        assert reply.status == "error" and "/no/such/bundle" in (reply.reason or ""), reply  # the reply tells
+        assert "running config is kept" in (reply.reason or "")
+        assert "model" not in json.loads(overrides.read_text())  # never persisted, since it did not load
         time.sleep(12)  # let the 10 s rate window forget the 10 fps before the change
         data = wait_status(
             folder, lambda s: s["metrics"]["rates"]["processed_per_s"] <= 2.5, 10, "duty cycling"
@@ -265,3 +261,55 @@ def test_events_made_while_the_broker_is_down_arrive_once_it_is_up(broker_factor
     finally:
         code, output, _ = stop(process)
     assert code == 0, output
+
+
+def test_set_config_refuses_a_bundle_that_fails_its_golden_self_test_and_says_why(
+    broker, folder, operator, tmp_path
+):
+    import shutil
+
+    import numpy as np
+    from conftest import edit_manifest
+
+    bundle = tmp_path / "tampered"
+    shutil.copytree(MODELS / "digits-det-onnx", bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    expected = manifest["golden"]["cases"][0]["expected"]
+    with np.load(bundle / expected) as stored:
+        outputs = {name: stored[name] + 5.0 for name in stored.files}  # far outside any tolerance
+    np.savez(bundle / expected, **outputs)
+    edit_manifest(bundle, rehash=(expected,))  # the hashes match: only the self-test can tell
+    folder.write(config(broker))
+    process = start_daemon(folder)
+    try:
+        wait_status(folder, lambda s: processed(s) > 3, 30, "results")
+        reply = ask(operator, "set-config", {"patch": {"model": {"bundle": str(bundle)}}})
+        assert reply.status == "error" and "golden self-test" in (reply.reason or ""), reply
+        data = wait_status(folder, lambda s: True, 5, "status")
+        assert data["model"]["bundle"].endswith("digits-det-tflite")  # the running model is kept
+        assert not (folder.state / "config-overrides.json").exists()
+    finally:
+        code, output, _ = stop(process)
+    assert code == 0 and "Traceback" not in output, output
+
+
+def test_set_config_puts_the_previous_source_back_when_the_new_one_cannot_open(broker, folder, operator):
+    folder.write(config(broker))
+    process = start_daemon(folder)
+    try:
+        wait_status(folder, lambda s: processed(s) > 3, 30, "results")
+        patch = {"source": {"type": "video", "path": "/no/such/camera.mp4"}}
+        reply = ask(operator, "set-config", {"patch": patch})
+        assert reply.status == "error" and "cannot open" in (reply.reason or ""), reply
+        assert "previous config is back" in (reply.reason or "")
+        data = wait_status(
+            folder, lambda s: s["sources"] and s["sources"][0]["state"] == "connected", 15, "source"
+        )
+        before = processed(data)
+        wait_status(folder, lambda s: processed(s) > before + 3, 15, "service going on")
+        reply = ask(operator, "get-config")
+        assert reply.data["config"]["source"]["path"] != "/no/such/camera.mp4"
+        assert not (folder.state / "config-overrides.json").exists()
+    finally:
+        code, output, _ = stop(process)
+    assert code == 0 and "Traceback" not in output, output

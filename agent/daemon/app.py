@@ -204,7 +204,8 @@ class Daemon:
                 report=self.report,
                 state_dir=self.state_dir,
                 latest_item=self.latest_item,
-                restart_pipeline=self.request_restart,
+                restart_pipeline=self.models.restart,
+                source_state=self._source_state,
                 set_results_policy=self._set_results_policy,
             )
         )
@@ -264,6 +265,14 @@ class Daemon:
         return list(plan.changed)
 
     # ------------------------------------------------------------------ readers (any thread)
+
+    def _source_state(self) -> tuple[str, str | None] | None:
+        pipeline = self.models.pipeline
+        runner = pipeline.runner if pipeline is not None else None
+        if runner is None:
+            return None
+        status = runner.status()
+        return status.state.value, status.last_error
 
     def _progress(self) -> int:
         pipeline = self.models.pipeline

@@ -5,20 +5,26 @@ to the main thread (`MainThread.submit`), never doing it themselves; a change th
 `error` event. Nothing here knows the daemon.
 
 Invariants: a patch is validated against the running config before anything is persisted; live sections are persisted
-only once they have been applied; the sections that take effect at a restart are persisted at once.
+only once they have been applied; the sections that take effect at a restart are persisted at once. Every request
+gets exactly one reply, and it tells what happened: the handler waits (at most `APPLY_WAIT_S`) for the main thread's
+outcome, and a new source must open within `SOURCE_CHECK_S` or the previous config is put back. A change still
+running when the wait ends is replied to as `pending`; its outcome follows as an event.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from agent.config import AgentConfig, apply_patch, save_overrides
+from agent.daemon.model_service import Outcome
 from agent.daemon.ports import MainThread, Reporter
 from agent.daemon.reload import LIVE_SECTIONS
 from agent.errors import AgentError, InputError
@@ -37,6 +43,11 @@ from agent.sources import Item
 log = logging.getLogger("agent.daemon.commands")
 
 SNAPSHOT_DEFAULT_BYTES = 200_000
+APPLY_WAIT_S = 8.0
+"""How long a command waits for the main thread's outcome (inside the operator tool's default 10 s)."""
+SOURCE_CHECK_S = 5.0
+"""How long a new source has to open before set-config puts the previous config back."""
+SOURCE_FAILED = ("failed", "reconnecting")
 
 
 class ConfigPort(Protocol):
@@ -61,7 +72,9 @@ class CommandPorts:
     report: Reporter
     state_dir: Path
     latest_item: Callable[[], Item | None]
-    restart_pipeline: Callable[[], object]
+    restart_pipeline: Callable[[], Outcome]
+    source_state: Callable[[], tuple[str, str | None] | None]
+    """The source's state and last error (None while no pipeline runs)."""
     set_results_policy: Callable[[ResultsPolicy], None]
 
 
@@ -102,18 +115,36 @@ class DeviceCommands:
         later = sorted(set(sections) - LIVE_SECTIONS)
         if later:
             self._persist({key: args.patch[key] for key in later})
-        if live:
-            live_patch = {key: args.patch[key] for key in live}
-
-            def apply_then_persist() -> None:
-                ports.config.apply_live(live_patch, set(live))
-                save_overrides(ports.state_dir, live_patch)
-                ports.report(
-                    "model" if "model" in live else "source", "info", f"set-config applied: {', '.join(live)}"
+        reply: dict[str, Any] = {"validated": True, "applied_live": live, "applied_on_restart": later}
+        if not live:
+            return reply
+        live_patch = {key: args.patch[key] for key in live}
+        before = {key: getattr(running, key) for key in live}
+        future = ports.main.submit(lambda: ports.config.apply_live(live_patch, set(live)))
+        try:
+            future.result(APPLY_WAIT_S)
+        except FutureTimeout:
+            self._finish_later(future, live_patch, live)
+            return {**reply, "pending": True}
+        except AgentError as problem:
+            raise CommandError(f"not applied, the running config is kept: {problem}") from None
+        except Exception as problem:
+            raise CommandError(
+                f"not applied, the running config is kept: {type(problem).__name__}: {problem}"
+            ) from None
+        if "source" in live:
+            problem_text = self._source_fails()
+            if problem_text is not None:
+                self._put_back(before, live)
+                raise CommandError(
+                    f"the new source cannot open ({problem_text}); the previous config is back in service"
                 )
-
-            self._report_failure(ports.main.submit(apply_then_persist), "set-config")
-        return {"validated": True, "applied_live": live, "applied_on_restart": later}
+        self._persist(live_patch)
+        ports.report(
+            "model" if "model" in live else "source", "info", f"set-config applied: {', '.join(live)}"
+        )
+        state = ports.source_state()
+        return {**reply, "source": state[0] if state else None}
 
     def snapshot(self, args: SnapshotArgs) -> dict[str, Any]:
         """The newest input: a JPEG (base64) under `max_bytes`, or a sensor window's values."""
@@ -140,9 +171,14 @@ class DeviceCommands:
         }
 
     def restart_pipeline(self, _: NoArgs) -> dict[str, Any]:
-        """Restarts the source and the worker on the main thread (the model is kept)."""
-        self._ports.restart_pipeline()
-        return {"restarting": True}
+        """Restarts the source and the worker on the main thread (the model is kept); replies with the outcome."""
+        try:
+            outcome = self._ports.main.call(self._ports.restart_pipeline, APPLY_WAIT_S)
+        except AgentError as problem:
+            raise CommandError(str(problem)) from None
+        if not outcome.ok:
+            raise CommandError(outcome.message)
+        return {"restarted": True, **outcome.to_dict()}
 
     def set_log_level(self, args: SetLogLevelArgs) -> dict[str, Any]:
         """Changes a logger's level at run time (not persisted)."""
@@ -167,6 +203,52 @@ class DeviceCommands:
             save_overrides(self._ports.state_dir, patch)
         except (OSError, AgentError) as problem:
             raise CommandError(f"cannot persist the patch: {problem}") from None
+
+    def _source_fails(self) -> str | None:
+        """Waits for the new source to open; its error if it fails or retries within SOURCE_CHECK_S."""
+        deadline = time.monotonic() + SOURCE_CHECK_S
+        while True:
+            state = self._ports.source_state()
+            if state is None:
+                return None  # no pipeline (no model in service): nothing to judge
+            if state[0] in SOURCE_FAILED and state[1]:
+                return state[1]
+            if state[0] != "connecting" or time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+
+    def _put_back(self, before: Mapping[str, Any], sections: list[str]) -> None:
+        """Restores the sections a refused change replaced (a full replacement of each)."""
+        patch = {
+            key: value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+            for key, value in before.items()
+        }
+        try:
+            self._ports.main.call(lambda: self._ports.config.apply_live(patch, set(sections)), APPLY_WAIT_S)
+        except Exception as problem:
+            self._ports.report(
+                "error", "error", f"set-config: the previous config could not be put back: {problem}"
+            )
+
+    def _finish_later(self, future: Future[Any], patch: Mapping[str, Any], live: list[str]) -> None:
+        """A change still running when the reply went: persist it once it worked, report the outcome as an event."""
+        ports = self._ports
+
+        def done(finished: Future[Any]) -> None:
+            problem = finished.exception()
+            if problem is not None:
+                ports.report("error", "error", f"set-config failed: {problem}")
+                return
+            try:
+                save_overrides(ports.state_dir, patch)
+            except (OSError, AgentError) as error:
+                ports.report("error", "error", f"set-config applied but not persisted: {error}")
+                return
+            ports.report(
+                "model" if "model" in live else "source", "info", f"set-config applied: {', '.join(live)}"
+            )
+
+        future.add_done_callback(done)
 
     def _report_failure(self, future: Future[Any], command: str) -> None:
         report = self._ports.report

@@ -38,6 +38,7 @@ from agent.daemon.ports import Reporter
 from agent.daemon.serving import Pipeline, PipelinePorts, source_channels, source_kind
 from agent.errors import AgentError, ModelError
 from agent.inference import Model
+from agent.inference.golden import run_golden
 from agent.pipeline import ActiveModel, InferenceLoop, bind_model, warm_up
 from agent.pipeline.shadow import ShadowTee
 
@@ -86,6 +87,20 @@ def evidence_of(model: Model) -> dict[str, Any]:
         "runtime": model.manifest.runtime,
         "bundle": str(model.bundle.path),
     }
+
+
+def _self_test(model: Model) -> None:
+    """Raises ModelError when the bundle's golden cases do not reproduce on this device's runtime."""
+    report = run_golden(model)
+    if not report.cases or report.passed:
+        return
+    failed = [case for case in report.cases if not case.passed]
+    first = failed[0]
+    why = first.error or f"deviation {first.max_deviation:.4g} > tolerance {report.tolerance:.4g}"
+    raise ModelError(
+        f"model {model.name} v{model.version} fails its golden self-test here: {len(failed)} of "
+        f"{len(report.cases)} cases ({first.input}: {why})"
+    )
 
 
 class ModelService:
@@ -359,6 +374,8 @@ class ModelService:
             model = Model.load(bundle, config.model.runtime, verify=config.model.verify)
             try:
                 warm_up(model, config.model.warmup_runs)
+                if config.model.self_test:
+                    _self_test(model)
                 return bind_model(model, source_kind(config), source_channels(config))
             except ModelError:
                 model.close()

@@ -16,6 +16,7 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -83,7 +84,7 @@ class MainThread:
         future = self.submit(work)
         try:
             return future.result(timeout_s)
-        except TimeoutError:
+        except FutureTimeout:  # not the builtin TimeoutError before Python 3.11
             raise AgentError(f"the agent did not finish the change within {timeout_s:g} s") from None
 
     def run_pending(self) -> None:
