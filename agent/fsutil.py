@@ -17,8 +17,12 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replaces `path` with `data` so that a power cut leaves either the old or the new content, never a mix."""
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replaces `path` with `data` so that a power cut leaves either the old or the new content, never a mix.
+
+    `mode` is set whatever the umask: owner-only by default (the device's state files); pass 0o644 for a file that
+    is meant for others (a bundle's manifest, a file a person asked for).
+    """
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
     try:

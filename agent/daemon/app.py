@@ -14,6 +14,7 @@ from __future__ import annotations
 import faulthandler
 import functools
 import logging
+import os
 import signal
 import threading
 import time
@@ -46,6 +47,7 @@ log = logging.getLogger("agent.daemon")
 
 TICK_S = 0.5
 WITHOUT_MODEL_TICK_LIMIT_S = 30.0  # running without a model, the watchdog is fed while the main loop ticks
+STATE_UMASK = 0o077  # files 0600, folders 0700
 STOP_BUDGET_S = 1.6  # of the 2 s from SIGTERM to exit: the rest is the interpreter's own shutdown
 
 
@@ -177,6 +179,10 @@ class Daemon:
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
+        # State files are the device's own, whatever umask the agent was started with (SQLite creates its -wal and
+        # -shm files itself, so the process umask is the one place to say it); the control socket is chmod-ed 0660
+        # for the technicians' group.
+        os.umask(STATE_UMASK)
         signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
         signal.signal(signal.SIGINT, lambda *_: self.request_stop())
         signal.signal(signal.SIGHUP, lambda *_: self.request_reload())

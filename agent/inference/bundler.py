@@ -329,5 +329,7 @@ def _build(
     base["reference"] = "reference.json"
     manifest = _manifest(base, work)
     backend.close()
-    write_atomic(work / MANIFEST_NAME, (json.dumps(manifest.to_json_dict(), indent=2) + "\n").encode())
+    write_atomic(
+        work / MANIFEST_NAME, (json.dumps(manifest.to_json_dict(), indent=2) + "\n").encode(), mode=0o644
+    )
     return InitReport(work, manifest, review)

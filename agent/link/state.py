@@ -157,7 +157,7 @@ class BirthCounter:
         if value <= self._committed:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path, json.dumps({"schema": 1, "birth": value}).encode("utf-8"), mode=0o644)
+        write_atomic(self.path, json.dumps({"schema": 1, "birth": value}).encode("utf-8"))
         self._committed = value
 
 
