@@ -3,8 +3,9 @@
 The contract between the agent and the fleet side lives here: what the device publishes (Status, Telemetry, Event,
 Result, CommandReply) and what it accepts (CommandRequest and the args model of every built-in command).
 
-Invariants: every payload carries `"schema": SCHEMA` on the wire; inbound models forbid unknown keys, so a typo in an
-operator's request is an error reply, not a silent no-op; `parse` turns any bad input (not JSON, not an object, wrong
+Invariants: every payload carries `"schema": SCHEMA` on the wire; inbound models forbid unknown keys and validate
+strictly (a string is never taken for a number or a boolean), so a typo in an operator's request is an error reply,
+not a silent no-op or a guess; `parse` turns any bad input (not JSON, not an object, wrong
 types, a schema from the future) into a `PayloadError` with a one-line reason, never a traceback.
 """
 
@@ -30,7 +31,7 @@ class Payload(BaseModel):
     """Base of every JSON payload: a `schema` version, unknown keys refused, `to_bytes` for the wire."""
 
     model_config = ConfigDict(
-        extra="forbid", validate_by_name=True, validate_by_alias=True, serialize_by_alias=True
+        extra="forbid", strict=True, validate_by_name=True, validate_by_alias=True, serialize_by_alias=True
     )
 
     schema_: int = Field(SCHEMA, alias="schema", ge=1, le=SCHEMA, description="Payload schema version.")
@@ -79,7 +80,7 @@ def describe_validation_error(problem: ValidationError) -> str:
 class ModelRef(BaseModel):
     """A model release: name and integer version."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(description="Model name.")
     version: int = Field(ge=0, description="Model version.")
@@ -172,9 +173,9 @@ class CommandReply(Payload):
 
 
 class Args(BaseModel):
-    """Base of command argument models: unknown keys refused."""
+    """Base of command argument models: unknown keys and loose types refused (no "5" for 5, no 1 for true)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class NoArgs(Args):

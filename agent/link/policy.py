@@ -26,7 +26,7 @@ ResultsMode = Literal["every", "on_change", "above_threshold", "max_rate"]
 class ResultsPolicy(BaseModel):
     """Which decoded results are published to `devices/{device}/results`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     mode: ResultsMode = Field(
         "on_change",
