@@ -239,7 +239,7 @@ class ModelService:
                 return self._serve_first(candidate)
             self._drop_candidate()
             self._candidate = candidate
-            self._state = SlotState.CANDIDATE_READY
+            self._settle()
             model = candidate.model
             return self._outcome(True, f"candidate {model.name} v{model.version} ready", evidence_of(model))
 
@@ -249,7 +249,7 @@ class ModelService:
             if self._candidate is None:
                 return self._outcome(False, "no candidate is loaded")
             self._drop_candidate()
-            self._state = SlotState.SERVING
+            self._settle()
             return self._outcome(True, "candidate discarded")
 
     def activate(self) -> Outcome:
@@ -258,13 +258,20 @@ class ModelService:
             candidate, pipeline = self._candidate, self._pipeline
             if candidate is None or pipeline is None:
                 return self._outcome(False, "no candidate is loaded")
+            if self._state is SlotState.STUCK:
+                return self._outcome(
+                    False, "the model in service hangs in an invoke: restart the pipeline first"
+                )
             pipeline.stop_shadow()
+            try:
+                old = pipeline.swap(candidate)
+            except ModelError as problem:
+                return self._outcome(False, str(problem))
             self._candidate = None
-            old = pipeline.swap(candidate)
             previous, self._previous = self._previous, old
             if previous is not None and previous.model is not candidate.model:
                 self._close(previous)
-            self._state = SlotState.SERVING
+            self._settle()
             return self._in_service(candidate.model)
 
     def restore_previous(self) -> Outcome:
@@ -273,7 +280,14 @@ class ModelService:
             previous, pipeline = self._previous, self._pipeline
             if previous is None or pipeline is None:
                 return self._outcome(False, "no previous model to restore")
-            current = pipeline.swap(previous)
+            if self._state is SlotState.STUCK:
+                return self._outcome(
+                    False, "the model in service hangs in an invoke: restart the pipeline first"
+                )
+            try:
+                current = pipeline.swap(previous)
+            except ModelError as problem:
+                return self._outcome(False, str(problem))
             self._previous = None
             self._close(current)
             model = previous.model
@@ -414,7 +428,16 @@ class ModelService:
             if fresh is not None:
                 fresh.model.close()
             raise
-        self._state = SlotState.CANDIDATE_READY if self._candidate is not None else SlotState.SERVING
+        self._state = SlotState.SERVING  # a fresh pipeline is not stuck
+        self._settle()
+
+    def _settle(self) -> None:
+        """Serving: CANDIDATE_READY while a candidate waits, else SERVING (kept for after a hang, while STUCK)."""
+        target = SlotState.CANDIDATE_READY if self._candidate is not None else SlotState.SERVING
+        if self._state is SlotState.STUCK:
+            self._before_stuck = target
+        else:
+            self._state = target
 
     def _started(self, active: ActiveModel) -> Pipeline:
         """A running pipeline on `active`; if it fails (a results file that cannot be written), one without sinks."""
