@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.config import AgentConfig, apply_patch, save_overrides
-from agent.daemon.model_service import Outcome
 from agent.daemon.ports import MainThread, Reporter
 from agent.daemon.reload import LIVE_SECTIONS
+from agent.daemon.slot import Outcome
 from agent.errors import AgentError, InputError
 from agent.link import (
     CommandError,

@@ -25,20 +25,19 @@ Invariants:
 
 from __future__ import annotations
 
-import enum
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.config import AgentConfig, default_bundle
 from agent.daemon.ports import Reporter
 from agent.daemon.serving import Pipeline, PipelinePorts, source_channels, source_kind
+from agent.daemon.slot import Outcome, SlotState, evidence_of, self_test
 from agent.errors import AgentError, ModelError
 from agent.inference import Model
-from agent.inference.golden import run_golden
 from agent.pipeline import ActiveModel, InferenceLoop, bind_model, warm_up
 from agent.pipeline.shadow import ShadowTee
 
@@ -48,59 +47,10 @@ LOAD_LIMIT_S = 600.0
 """A model load (with warm-up) on the main thread, as long as it may take on the slowest device."""
 
 
-class SlotState(str, enum.Enum):
-    """Where the model slot stands."""
-
-    NO_MODEL = "no-model"
-    LOADING = "loading"
-    SERVING = "serving"
-    CANDIDATE_READY = "candidate-ready"
-    STUCK = "stuck"
-    STOPPED = "stopped"
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a transition did: whether it worked, the state it left, and one line for a person."""
-
-    ok: bool
-    state: SlotState
-    message: str
-    evidence: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (command replies)."""
-        return {"ok": self.ok, "state": self.state.value, "message": self.message, **self.evidence}
-
-
 @dataclass
 class _Quarantined:
     model: ActiveModel
     loop: InferenceLoop
-
-
-def evidence_of(model: Model) -> dict[str, Any]:
-    """Name, version, runtime and bundle of a model, for events and status."""
-    return {
-        "name": model.name,
-        "version": model.version,
-        "runtime": model.manifest.runtime,
-        "bundle": str(model.bundle.path),
-    }
-
-
-def _self_test(model: Model) -> None:
-    """Raises ModelError when the bundle's golden cases do not reproduce on this device's runtime."""
-    report = run_golden(model)
-    if not report.cases or report.passed:
-        return
-    failed = [case for case in report.cases if not case.passed]
-    first = failed[0]
-    why = first.error or f"deviation {first.max_deviation:.4g} > tolerance {report.tolerance:.4g}"
-    raise ModelError(
-        f"model {model.name} v{model.version} fails its golden self-test here: {len(failed)} of "
-        f"{len(report.cases)} cases ({first.input}: {why})"
-    )
 
 
 class ModelService:
@@ -389,7 +339,7 @@ class ModelService:
             try:
                 warm_up(model, config.model.warmup_runs)
                 if config.model.self_test:
-                    _self_test(model)
+                    self_test(model)
                 return bind_model(model, source_kind(config), source_channels(config))
             except ModelError:
                 model.close()
@@ -531,4 +481,4 @@ class ModelService:
         log.info("the inference thread that hung has ended; its model copy is closed")
 
 
-__all__ = ["LOAD_LIMIT_S", "ModelService", "Outcome", "SlotState", "evidence_of"]
+__all__ = ["LOAD_LIMIT_S", "ModelService", "Outcome", "SlotState"]

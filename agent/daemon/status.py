@@ -13,7 +13,8 @@ from typing import Any
 
 from agent import __version__
 from agent.daemon.events import EventLog
-from agent.daemon.model_service import ModelService, evidence_of
+from agent.daemon.model_service import ModelService
+from agent.daemon.slot import evidence_of
 
 
 @dataclass(frozen=True)
