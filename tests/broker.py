@@ -364,7 +364,7 @@ def link_config(broker: Broker, device: str | None = None, **overrides: Any) -> 
         "port": broker.port,
         "keepalive_s": 10,
         "connect_timeout_s": 5,
-        "backoff": {"min_s": 0.2, "max_s": 1.0},
+        "backoff": {"initial_s": 0.2, "max_s": 1.0},
     }
     if broker.options.tls and broker.certs is not None:
         tls: dict[str, Any] = {"ca_file": str(broker.certs / "ca.crt")}

@@ -259,7 +259,7 @@ def test_sigterm_with_the_broker_unreachable_still_stops_within_two_seconds(fold
     from streams import free_port
 
     folder.write(
-        f'[link]\nenabled = true\nhost = "127.0.0.1"\nport = {free_port()}\n[link.backoff]\nmin_s = 0.2\nmax_s = 0.5'
+        f'[link]\nenabled = true\nhost = "127.0.0.1"\nport = {free_port()}\n[link.backoff]\ninitial_s = 0.2\nmax_s = 0.5'
     )
     process = start_daemon(folder)
     try:

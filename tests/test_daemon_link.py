@@ -38,7 +38,7 @@ def config(broker: Broker, extra: str = "") -> str:
     return (
         f'[device]\nid = "{DEVICE}"\nfleet = "f1"\n'
         f'[link]\nenabled = true\nhost = "127.0.0.1"\nport = {broker.port}\n'
-        "[link.backoff]\nmin_s = 0.2\nmax_s = 1.0\n"
+        "[link.backoff]\ninitial_s = 0.2\nmax_s = 1.0\n"
         "[link.telemetry]\ninterval_s = 1.0\n"
         '[link.results]\nmode = "every"\nmax_per_s = 50\n' + extra
     )

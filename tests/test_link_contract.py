@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from agent.backoff import Backoff
 from agent.link import (
     COMMAND_ARGS,
     CommandError,
@@ -32,7 +33,7 @@ from agent.link import (
     parse,
     resolve_password,
 )
-from agent.link.state import Backoff, BirthCounter
+from agent.link.state import BirthCounter
 
 # -- topics -------------------------------------------------------------------------------------------------------------
 
@@ -397,15 +398,15 @@ def test_unreadable_password_file_is_a_clear_error_without_the_secret(tmp_path: 
         resolve_password(LinkConfig(password_file=tmp_path / "empty"), {})
 
 
-def test_backoff_doubles_to_the_cap_with_jitter_below() -> None:
+def test_backoff_doubles_to_the_cap_with_jitter_either_side() -> None:
     from agent.link import BackoffConfig
 
-    backoff = Backoff(BackoffConfig(min_s=1, max_s=8, jitter_fraction=0.5))
+    backoff = Backoff(BackoffConfig(initial_s=1, max_s=8, jitter=0.5))
     delays = [backoff.next_delay() for _ in range(6)]
-    for delay, base in zip(delays, [1, 2, 4, 8, 8, 8], strict=True):
-        assert base * 0.5 <= delay <= base
+    for delay, base in zip(delays, [1, 2, 4, 8, 16, 32], strict=True):
+        assert min(8, base * 0.5) <= delay <= min(8, base * 1.5)
     backoff.reset()
-    assert backoff.next_delay() <= 1
+    assert backoff.next_delay() <= 1.5
 
 
 def test_birth_counter_grows_across_instances_and_survives_a_corrupt_file(tmp_path: Path) -> None:

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from streams import SYSTEM_PYTHON, Harness
 
+from agent.backoff import BackoffConfig
 from agent.errors import SourceError
 from agent.sources import GStreamerConfig, Picamera2Config, SourceState, V4L2Config, open_source
-from agent.sources.config import BackoffConfig
 from agent.sources.gstreamer import GStreamerSource, full_pipeline, opencv_has_gstreamer
 from agent.sources.picamera import Picamera2Source
 from agent.sources.v4l2 import V4L2Source

@@ -10,9 +10,9 @@ import pytest
 from conftest import SAMPLES
 from streams import Harness
 
+from agent.backoff import BackoffConfig
 from agent.errors import SourceError
 from agent.sources import CsvConfig, EndOfStream, SourceState
-from agent.sources.config import BackoffConfig
 from agent.sources.csv_replay import CsvReplaySource
 
 WALKING = SAMPLES / "motion_walking.csv"  # 100 rows, t = 0.0 .. 9.9 s at 10 Hz, t + six IMU channels

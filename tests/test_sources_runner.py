@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from streams import Harness, wait_until
 
+from agent.backoff import BackoffConfig
 from agent.errors import SourceError
 from agent.sources import EndOfStream, ItemKind, SourceState, SyntheticConfig, VideoConfig
-from agent.sources.config import BackoffConfig
 from agent.types import Array
 
 FAST_BACKOFF = BackoffConfig(initial_s=0.02, max_s=0.2, multiplier=2.0, jitter=0.0)

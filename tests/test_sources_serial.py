@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from streams import Harness, wait_until
 
+from agent.backoff import BackoffConfig
 from agent.sources import SerialConfig, SourceState
-from agent.sources.config import BackoffConfig
 
 
 class FakeDevice:

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 from streams import Harness, MjpegServer, RtspServer, free_port, rtsp_server_missing
 
+from agent.backoff import BackoffConfig
 from agent.sources import SourceState, StreamConfig
-from agent.sources.config import BackoffConfig
 from agent.sources.stream import FFMPEG_OPTIONS_ENV, merge_ffmpeg_options, redact
 
 QUICK = BackoffConfig(initial_s=0.1, max_s=0.5, multiplier=2.0, jitter=0.1)

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.cli.render import console, print_json, table
+from agent.term import console, print_json, table
 
 if TYPE_CHECKING:
     from rich.console import Group

@@ -6,13 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from agent.cli.render import console, error, print_json, table
 from agent.errors import InputError
 from agent.inference.bench import bench_model
 from agent.inference.inputs import load_inputs, synthetic_input
 from agent.inference.model import Model
 from agent.inference.options import RuntimeOptions
 from agent.inference.results import AnomalyResult, ClassificationResult, DetectionResult, RawResult, Result
+from agent.term import console, error, print_json, table
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

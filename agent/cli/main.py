@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 from agent import __version__
 from agent.cli import daemon_cmd, inference, model_cmd
-from agent.cli.render import error
 from agent.errors import AgentError
+from agent.term import error
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2

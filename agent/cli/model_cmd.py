@@ -8,7 +8,6 @@ from typing import Any, get_args
 
 import numpy as np
 
-from agent.cli.render import console, print_json, table
 from agent.errors import InputError, ManifestError
 from agent.inference.bundle import check_files, load_bundle, read_labels, read_manifest
 from agent.inference.bundler import InputHints, draft_input, init_bundle
@@ -18,6 +17,7 @@ from agent.inference.manifest import ImageInput, InputContract, Task, WindowInpu
 from agent.inference.model import Model
 from agent.inference.options import RuntimeOptions
 from agent.inference.runtimes import TensorSpec, open_backend
+from agent.term import console, print_json, table
 
 
 def _floats(text: str) -> tuple[float, ...]:

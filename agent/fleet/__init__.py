@@ -8,7 +8,10 @@ Public face:
     FleetView, DeviceRow                            devices folded from status, telemetry and events (pure)
     EventStream                                     events de-duplicated by id and filtered by type (pure)
     FleetError, UsageError, CommandFailed, NoReply, BrokerRefused   what goes wrong, with its exit status
-The wire contract is the agent's own (`agent.link.topics`, `agent.link.payloads`): the operator never re-states it.
+The wire contract is the agent's own, reached through the link's one public module for the operator side,
+`agent.link.wire` (payloads, topics, errors, the paho boundary): the operator never re-states it. Nothing here imports
+the device's parts (`agent.cli`, `agent.daemon`, `agent.sources`, `agent.inference`, `agent.pipeline`,
+`agent.monitor`) or any other module of `agent.link`; terminal output helpers come from `agent.term`.
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ on stderr `edge-fleet: error: ...`; 2 a usage error (argparse's, malformed JSON 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -19,7 +18,6 @@ from typing import Any, get_args
 from rich.live import Live
 
 from agent import __version__
-from agent.cli.render import console
 from agent.errors import AgentError
 from agent.fleet import command
 from agent.fleet.client import FleetClient
@@ -37,7 +35,8 @@ from agent.fleet.render import error, fleet_table, notice
 from agent.fleet.stream import EventStream, event_json, event_line
 from agent.fleet.view import FleetView
 from agent.fsutil import write_atomic
-from agent.link.payloads import EventType
+from agent.link.wire import EventType
+from agent.term import console, print_json
 
 STATUS_ONCE_S = 2.0
 CMD_TIMEOUT_S = 10.0
@@ -150,7 +149,7 @@ def run_status(args: argparse.Namespace, options: ConnectOptions) -> int:
                     view.apply(message)
             now = time.time()
             if args.json:
-                _print_json(view.to_dict(now))
+                print_json(view.to_dict(now), flush=True)
             else:
                 console().print(fleet_table(view, now, options.where))
             return EXIT_OK
@@ -207,29 +206,25 @@ def run_cmd(args: argparse.Namespace, options: ConnectOptions) -> int:
             reply = command.send(client, options.topics(), call, args.timeout)
         except CommandFailed as failed:
             if args.json:
-                _print_json(failed.reply.model_dump(by_alias=True))
+                print_json(failed.reply.model_dump(by_alias=True), flush=True)
             raise
     data: dict[str, Any] = dict(reply.data)
     if args.out is not None:
         jpeg = command.snapshot_jpeg(reply)
         try:
-            write_atomic(args.out, jpeg)
+            write_atomic(args.out, jpeg, mode=0o644)
         except OSError as problem:
             raise FleetError(f"cannot write {args.out}: {problem.strerror or problem}") from None
         data["jpeg_base64"] = f"<{len(jpeg)} bytes written to {args.out}>"
     elif isinstance(data.get("jpeg_base64"), str) and not args.json:
         data["jpeg_base64"] = f"<{len(data['jpeg_base64'])} base64 characters; --out FILE saves the JPEG>"
     if args.json:
-        _print_json(reply.model_dump(by_alias=True) | ({"data": data} if args.out is not None else {}))
+        print_json(
+            reply.model_dump(by_alias=True) | ({"data": data} if args.out is not None else {}), flush=True
+        )
     else:
-        _print_json(data)
+        print_json(data, flush=True)
     return EXIT_OK
-
-
-def _print_json(data: Any) -> None:
-    """Pretty JSON on stdout."""
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-    sys.stdout.flush()
 
 
 # -- entry point ------------------------------------------------------------------------------------------------------

@@ -1,11 +1,13 @@
-"""The paho boundary for edge-fleet: one MQTT 5 client, driven from the caller's thread (no background thread).
+"""edge-fleet's MQTT 5 client, driven from the caller's thread (no background thread), over the link's paho boundary.
 
 Invariants:
-- Every call into paho happens on the thread that made the `FleetClient`; paho's callbacks run inside `Client.loop`
-  and only record what happened. Connection state is what paho last reported: `connect` returns only after a success
-  CONNACK, and a lost connection raises `ConnectionLost` from the next `poll`.
+- Every call into paho happens on the thread that made the `FleetClient`; paho's callbacks, wired by the link's paho
+  boundary (`agent.link.wire.attach`, as for the device's session), run inside `Client.loop` and only record what
+  happened. Connection state is what paho last reported: `connect` returns only after a success CONNACK, and a lost
+  connection raises `ConnectionLost` from the next `poll`.
 - No paho, ssl or socket exception leaves this module: each becomes a `ConnectFailed` subclass (the agent's own
   diagnosis, with the operator's flag names in the hints), a `BrokerRefused`, or `ConnectionLost`.
+- Reconnection waits through `agent.backoff.Backoff`, the one retry policy of the agent.
 - The operator's session is clean (clean start, no session expiry): nothing is queued for an operator who left.
 """
 
@@ -15,23 +17,30 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
-from paho.mqtt.enums import MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
-
+from agent.backoff import Backoff, BackoffConfig
 from agent.fleet.errors import BrokerRefused
 from agent.fleet.options import ConnectOptions
-from agent.link import diagnose
-from agent.link.config import BackoffConfig
-from agent.link.errors import ConnectFailed, ConnectionRefused, TlsFailure
-from agent.link.mqtt import InboundMessage, build_client, certificate_problem, new_properties
-from agent.link.state import Backoff
+from agent.link.wire import (
+    Callbacks,
+    Connack,
+    ConnectFailed,
+    ConnectionRefused,
+    InboundMessage,
+    MQTTErrorCode,
+    Reason,
+    attach,
+    build_client,
+    connect,
+    loop,
+    lost,
+    publish_properties,
+    with_certificate,
+)
 
-MQTT_LOG_ERR = 8
 ACK_TIMEOUT_S = 10.0
 LOOP_S = 0.1
+RECONNECT = BackoffConfig(initial_s=0.5, max_s=10.0, multiplier=2.0, jitter=0.5)
+"""The operator's reconnection delays: 0.5 s doubling to 10 s, ±50 % (the link's jitter)."""
 T = TypeVar("T")
 
 OPERATOR_HINTS: dict[int, str] = {
@@ -75,58 +84,42 @@ class FleetClient:
         self._client.username_pw_set(
             options.username, options.password.get_secret_value() if options.password is not None else None
         )
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_message = self._on_message
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_publish = self._on_publish
-        self._client.on_log = self._on_log
-        self._connack: ReasonCode | None = None
+        self._connack: Connack | None = None
         self._server_disconnect: str | None = None
         self._socket_error: str | None = None
         self._inbox: list[InboundMessage] = []
-        self._subacks: dict[int, list[ReasonCode]] = {}
-        self._pubacks: dict[int, ReasonCode] = {}
+        self._subacks: dict[int, list[Reason]] = {}
+        self._pubacks: dict[int, Reason] = {}
         self._filters: list[str] = []
+        self._callbacks = Callbacks(
+            connack=self._on_connack,
+            message=self._on_message,
+            puback=self._on_puback,
+            suback=self._on_suback,
+            server_disconnect=self._on_server_disconnect,
+            socket_error=self._on_socket_error,
+        )
+        attach(self._client, self._callbacks)
 
     # -- paho callbacks (record only) ------------------------------------------------------------------------------
 
-    def _on_connect(
-        self, _c: Client, _u: object, _f: ConnectFlags, reason: ReasonCode, _p: Properties | None
-    ) -> None:
-        self._connack = reason
+    def _on_connack(self, connack: Connack) -> None:
+        self._connack = connack
 
-    def _on_disconnect(
-        self, _c: Client, _u: object, flags: DisconnectFlags, reason: ReasonCode, _p: Properties | None
-    ) -> None:
-        if flags.is_disconnect_packet_from_server:
-            self._server_disconnect = f"the broker disconnected us: {reason.getName()} ({reason.value})"
+    def _on_message(self, message: InboundMessage) -> None:
+        self._inbox.append(message)
 
-    def _on_message(self, _c: Client, _u: object, message: MQTTMessage) -> None:
-        props = message.properties
-        correlation = getattr(props, "CorrelationData", None) if props is not None else None
-        response = getattr(props, "ResponseTopic", None) if props is not None else None
-        self._inbox.append(
-            InboundMessage(
-                topic=message.topic,
-                payload=bytes(message.payload),
-                retain=bool(message.retain),
-                response_topic=response if isinstance(response, str) else None,
-                correlation=bytes(correlation) if isinstance(correlation, bytes | bytearray) else None,
-            )
-        )
-
-    def _on_subscribe(
-        self, _c: Client, _u: object, mid: int, reasons: list[ReasonCode], _p: Properties | None
-    ) -> None:
-        self._subacks[mid] = reasons
-
-    def _on_publish(self, _c: Client, _u: object, mid: int, reason: ReasonCode, _p: Properties) -> None:
+    def _on_puback(self, mid: int, reason: Reason) -> None:
         self._pubacks[mid] = reason
 
-    def _on_log(self, _c: Client, _u: object, level: int, text: str) -> None:
-        if level == MQTT_LOG_ERR:
-            self._socket_error = text.removeprefix("failed to receive on socket: ")
+    def _on_suback(self, mid: int, reasons: list[Reason]) -> None:
+        self._subacks[mid] = reasons
+
+    def _on_server_disconnect(self, reason: str) -> None:
+        self._server_disconnect = reason
+
+    def _on_socket_error(self, text: str) -> None:
+        self._socket_error = text
 
     # -- connection ------------------------------------------------------------------------------------------------
 
@@ -135,20 +128,21 @@ class FleetClient:
         where = self.options.where
         self._connack, self._server_disconnect, self._socket_error = None, None, None
         try:
-            rc = self._client.connect(
+            rc = connect(
+                self._client,
                 self.options.host,
                 self.options.effective_port,
-                keepalive=self.options.keepalive_s,
+                keepalive_s=self.options.keepalive_s,
                 clean_start=True,
             )
-        except Exception as problem:  # socket, ssl and paho errors alike: one diagnosis
-            failure = diagnose.connect_exception(problem, where)
-            if self.options.uses_tls and isinstance(problem, ConnectionResetError | ConnectionAbortedError):
+        except ConnectFailed as failure:  # socket, ssl and paho errors alike: one diagnosis
+            cause = failure.__cause__
+            if self.options.uses_tls and isinstance(cause, ConnectionResetError | ConnectionAbortedError):
                 failure = ConnectFailed(f"{failure.reason} (TLS is on: is this the broker's TLS port?)")
             raise self._diagnosed(failure) from None
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._drop()
-            raise self._diagnosed(diagnose.lost(self._socket_error or f"paho error {rc.name}", False))
+            raise self._diagnosed(lost(self._socket_error or f"paho error {rc.name}", False))
         deadline = time.monotonic() + self.options.connect_timeout_s
         while self._connack is None:
             if time.monotonic() > deadline:
@@ -157,17 +151,17 @@ class FleetClient:
                     f"no answer from the broker at {where} within {self.options.connect_timeout_s:g} s "
                     "(is it an MQTT port?)"
                 )
-            if self._loop(LOOP_S) != MQTTErrorCode.MQTT_ERR_SUCCESS and self._connack is None:
+            if not self._loop(LOOP_S) and self._connack is None:
                 self._drop()
-                raise self._diagnosed(diagnose.lost(self._server_disconnect or self._socket_error, False))
-        if self._connack.is_failure:
-            code = self._connack
+                raise self._diagnosed(lost(self._server_disconnect or self._socket_error, False))
+        refusal = self._connack.refusal()
+        if refusal is not None:
             self._drop()
-            raise self._diagnosed(diagnose.refusal(code.value, code.getName()))
+            raise self._diagnosed(refusal)
 
     def reconnect(self, stop_at: float | None, notice: Callable[[str], None]) -> bool:
         """After a lost connection: retries with backoff until connected and resubscribed; False at `stop_at`."""
-        backoff = Backoff(BackoffConfig(min_s=0.5, max_s=10.0))
+        backoff = Backoff(RECONNECT)
         filters = list(self._filters)
         self._drop()
         while True:
@@ -192,7 +186,7 @@ class FleetClient:
             if self._client.is_connected():
                 self._client.disconnect()
                 for _ in range(10):
-                    if self._loop(0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    if not self._loop(0.05):
                         break
         finally:
             self._drop()
@@ -220,9 +214,7 @@ class FleetClient:
         self._filters.extend(filters)
         for topic_filter, reason in zip(filters, reasons, strict=False):
             if reason.is_failure:
-                raise BrokerRefused(
-                    f"the broker refused the subscription to {topic_filter}: {reason.getName()} ({reason.value})"
-                )
+                raise BrokerRefused(f"the broker refused the subscription to {topic_filter}: {reason}")
 
     def publish(
         self,
@@ -233,13 +225,7 @@ class FleetClient:
         correlation: bytes | None = None,
     ) -> None:
         """Publishes at QoS 1 (with MQTT 5 response topic and correlation data) and waits for the PUBACK."""
-        properties = None
-        if response_topic is not None or correlation is not None:
-            properties = new_properties(PacketTypes.PUBLISH)
-            if response_topic is not None:
-                properties.ResponseTopic = response_topic
-            if correlation is not None:
-                properties.CorrelationData = correlation
+        properties = publish_properties(response_topic, correlation)
         try:
             info = self._client.publish(topic, payload, qos=1, properties=properties)
         except ValueError as problem:
@@ -247,13 +233,11 @@ class FleetClient:
         self._check(info.rc)
         reason = self._wait(lambda: self._pubacks.pop(info.mid, None), "PUBACK")
         if reason.is_failure:
-            raise BrokerRefused(
-                f"the broker refused the message to {topic}: {reason.getName()} ({reason.value})"
-            )
+            raise BrokerRefused(f"the broker refused the message to {topic}: {reason}")
 
     def poll(self, timeout_s: float) -> list[InboundMessage]:
         """Runs the network for up to `timeout_s` (less when a message comes); the messages received since last time."""
-        if self._loop(timeout_s) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+        if not self._loop(timeout_s):
             self._lost()
         messages, self._inbox = self._inbox, []
         return messages
@@ -285,12 +269,9 @@ class FleetClient:
 
     # -- helpers ---------------------------------------------------------------------------------------------------
 
-    def _loop(self, timeout_s: float) -> MQTTErrorCode:
-        try:
-            return self._client.loop(timeout=timeout_s)
-        except Exception as problem:  # paho raises for some socket states: a lost connection
-            self._socket_error = f"{type(problem).__name__}: {problem}"
-            return MQTTErrorCode.MQTT_ERR_CONN_LOST
+    def _loop(self, timeout_s: float) -> bool:
+        """One run of paho's network loop; False when the connection is gone."""
+        return loop(self._client, timeout_s, self._callbacks)
 
     def _wait(self, take: Callable[[], T | None], what: str) -> T:
         """Runs the network until `take` returns something (an ack paho recorded); ConnectFailed after a while."""
@@ -303,7 +284,7 @@ class FleetClient:
                 raise ConnectFailed(
                     f"no {what} from the broker at {self.options.where} within {ACK_TIMEOUT_S:g} s"
                 )
-            if self._loop(LOOP_S) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            if not self._loop(LOOP_S):
                 self._lost()
 
     def _check(self, rc: MQTTErrorCode) -> None:
@@ -315,12 +296,10 @@ class FleetClient:
     def _lost(self) -> None:
         text = self._server_disconnect or self._socket_error
         self._drop()
-        raise ConnectionLost(diagnose.lost(text, connected=True).reason)
+        raise ConnectionLost(lost(text, connected=True).reason)
 
     def _diagnosed(self, problem: ConnectFailed) -> ConnectFailed:
-        if isinstance(problem, TlsFailure):
-            problem = diagnose.with_client_certificate(problem, certificate_problem(self._validity))
-        return for_operator(problem)
+        return for_operator(with_certificate(problem, self._validity))
 
     def _drop(self) -> None:
         """Closes the socket if paho has not already (after a failure), and forgets unacknowledged messages."""

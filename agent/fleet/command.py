@@ -25,17 +25,18 @@ from agent.fleet.client import FleetClient
 from agent.fleet.errors import CommandFailed, NoReply, UsageError
 from agent.fleet.layout import FleetTopics
 from agent.fleet.stream import local_time
-from agent.link.errors import PayloadError, TopicError
-from agent.link.mqtt import InboundMessage
-from agent.link.payloads import (
+from agent.link.wire import (
     COMMAND_ARGS,
     CommandReply,
     CommandRequest,
+    InboundMessage,
+    PayloadError,
     Status,
+    TopicError,
     describe_validation_error,
     parse,
+    validate_id,
 )
-from agent.link.topics import validate_id
 
 
 @dataclass(frozen=True)

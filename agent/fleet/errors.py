@@ -1,14 +1,14 @@
 """edge-fleet's exceptions: one root, `FleetError`, each kind carrying the exit status it means.
 
-Connection failures are the link's own `ConnectFailed` family (`agent.link.errors`), made by the same diagnosis code as
-the agent's (`agent.link.diagnose`), so an operator and a device read the same words for the same cause. paho, ssl and
+Connection failures are the link's own `ConnectFailed` family, made by the same diagnosis code as the agent's (both
+reached through `agent.link.wire`), so an operator and a device read the same words for the same cause. paho, ssl and
 socket exceptions never leave `agent.fleet.client`.
 """
 
 from __future__ import annotations
 
 from agent.errors import AgentError
-from agent.link.payloads import CommandReply
+from agent.link.wire import CommandReply
 
 EXIT_OK = 0
 EXIT_ERROR = 1

@@ -1,13 +1,13 @@
 """The fleet's topic layout seen from the operator's side: filters over every device, and reply topics (pure: no I/O).
 
-Built on `agent.link.topics`, so the operator and the agent cannot disagree on a topic. Invariants: every id put into
+Built on the agent's own `Topics` (through `agent.link.wire`), so the operator and the agent cannot disagree on a topic. Invariants: every id put into
 a topic passes `validate_id` (a device or command name can never add a level or a wildcard); reply topics lie under
 `devices/{device}/reply/`, where the shipped ACL lets a device write its replies.
 """
 
 from __future__ import annotations
 
-from agent.link.topics import ParsedTopic, Topics, render_prefix, validate_id
+from agent.link.wire import ParsedTopic, Topics, render_prefix, validate_id
 
 OPERATOR_ID = "edge-fleet"
 """Stand-in device id for the parser: `Topics.parse` reads every device's topics, whichever id it was built for."""

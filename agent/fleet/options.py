@@ -18,9 +18,7 @@ from pydantic import SecretStr, ValidationError
 
 from agent.fleet.errors import UsageError
 from agent.fleet.layout import FleetTopics
-from agent.link.config import LinkConfig, TlsConfig, resolve_password
-from agent.link.errors import TopicError
-from agent.link.payloads import describe_validation_error
+from agent.link.wire import LinkConfig, TlsConfig, TopicError, describe_validation_error, resolve_password
 
 PASSWORD_ENV = "EDGE_FLEET_PASSWORD"
 PASSWORD_FILE_ENV = "EDGE_FLEET_PASSWORD_FILE"

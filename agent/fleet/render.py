@@ -7,10 +7,10 @@ import sys
 from rich.markup import escape
 from rich.table import Table
 
-from agent.cli.render import error as cli_error
-from agent.cli.render import fmt
 from agent.fleet.stream import local_time
 from agent.fleet.view import DeviceRow, FleetView
+from agent.term import error as term_error
+from agent.term import fmt
 
 PROG = "edge-fleet"
 COLUMNS = ("device", "state", "model", "fps", "p95 ms", "drops", "last anomaly", "last seen")
@@ -20,7 +20,7 @@ STATE_STYLE = {"online": "green", "offline": "red", "unknown": "yellow"}
 
 def error(message: str) -> None:
     """`edge-fleet: error: ...` on stderr, one line per line of the message."""
-    cli_error(message, PROG)
+    term_error(message, PROG)
 
 
 def notice(message: str) -> None:

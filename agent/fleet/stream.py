@@ -11,9 +11,7 @@ import datetime as dt
 from collections import OrderedDict
 
 from agent.fleet.layout import FleetTopics
-from agent.link.errors import PayloadError
-from agent.link.mqtt import InboundMessage
-from agent.link.payloads import Event, EventType, parse
+from agent.link.wire import Event, EventType, InboundMessage, PayloadError, parse
 
 MEMORY = 100_000
 """Event ids remembered for de-duplication (about 5 MB at most)."""

@@ -17,9 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from agent.fleet.layout import FleetTopics
-from agent.link.errors import PayloadError
-from agent.link.mqtt import InboundMessage
-from agent.link.payloads import Event, ModelRef, Status, Telemetry, parse
+from agent.link.wire import Event, InboundMessage, ModelRef, PayloadError, Status, Telemetry, parse
 
 DeviceState = Literal["online", "offline", "unknown"]
 

@@ -9,6 +9,9 @@ Public face (see "The MQTT protocol" in README.md for the wire contract):
 Importing this package starts no thread, touches no file and loads nothing heavy: the names are imported on first
 use (PEP 562), so the config tree can read `agent.link.config` without pulling in paho, ssl and sqlite on a device
 whose link is disabled.
+
+The operator's side (`agent.fleet`) reaches the wire through one module, `agent.link.wire` (payloads, topics, errors,
+the paho boundary, the config helpers to build a client), and imports no other module of this package.
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from agent.backoff import BackoffConfig
     from agent.link.client import InboundMessage, Link, MessageHandler, TelemetrySource
     from agent.link.commands import CommandRouter
     from agent.link.config import (
-        BackoffConfig,
         CommandLimits,
         DeviceIdentity,
         LinkConfig,
@@ -64,7 +67,7 @@ if TYPE_CHECKING:
     from agent.link.topics import Topics
 
 _MODULES = {
-    "BackoffConfig": "agent.link.config",
+    "BackoffConfig": "agent.backoff",
     "COMMAND_ARGS": "agent.link.payloads",
     "CommandError": "agent.link.errors",
     "CommandLimits": "agent.link.config",

@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from agent.backoff import BackoffConfig, InitialSeconds, Jitter, MaxSeconds
 from agent.link.errors import LinkSetupError, TopicError
 from agent.link.policy import ResultsPolicy
 from agent.link.topics import render_prefix, validate_id
@@ -69,25 +70,14 @@ class TlsConfig(BaseModel):
         return self
 
 
-class BackoffConfig(BaseModel):
-    """Delay between connection attempts: doubles from min_s up to max_s, each delay shortened by a random jitter."""
+class LinkBackoffConfig(BackoffConfig):
+    """Delays between connection attempts: the shared backoff shape (`agent.backoff`) with the link's defaults.
 
-    model_config = ConfigDict(extra="forbid")
+    1 s doubling up to 60 s, each delay moved by up to ±50 % (never above max_s)."""
 
-    min_s: float = Field(1.0, gt=0, description="First delay after a failed or lost connection, seconds.")
-    max_s: float = Field(60.0, gt=0, description="Longest delay, seconds.")
-    jitter_fraction: float = Field(
-        0.5,
-        ge=0,
-        le=1,
-        description="Each delay is multiplied by a random factor in [1 - jitter_fraction, 1].",
-    )
-
-    @model_validator(mode="after")
-    def _ordered(self) -> BackoffConfig:
-        if self.max_s < self.min_s:
-            raise ValueError("max_s must be at least min_s")
-        return self
+    initial_s: InitialSeconds = 1.0
+    max_s: MaxSeconds = 60.0
+    jitter: Jitter = 0.5
 
 
 class TelemetryConfig(BaseModel):
@@ -153,7 +143,9 @@ class LinkConfig(BaseModel):
         le=0xFFFFFFFF,
         description="How long the broker keeps the session after a disconnect, seconds.",
     )
-    backoff: BackoffConfig = Field(default_factory=BackoffConfig, description="Reconnection delays.")
+    backoff: LinkBackoffConfig = Field(
+        default_factory=LinkBackoffConfig, description="Reconnection delays (1 s doubling to 60 s, ±50 %)."
+    )
     max_packet_bytes: int = Field(
         1024 * 1024,
         ge=1024,
@@ -255,9 +247,9 @@ def resolve_password(config: LinkConfig, environ: Mapping[str, str] | None = Non
 __all__ = [
     "CREDENTIAL_NAME",
     "PASSWORD_ENV",
-    "BackoffConfig",
     "CommandLimits",
     "DeviceIdentity",
+    "LinkBackoffConfig",
     "LinkConfig",
     "OutboxConfig",
     "TelemetryConfig",

@@ -11,8 +11,9 @@ Invariants:
 - The last will (retained `offline`, reason `lost`) is set before every connect with the birth number that connection
   will use; the number is committed to disk before the retained `online` status goes out. A clean stop publishes
   `offline` (reason `stopped`) itself, waits for its PUBACK, then sends DISCONNECT with reason 0, which discards the will.
-- No paho, ssl or socket exception leaves this module; each failure becomes a `ConnectFailed` subclass, one log line,
-  and the `refused` or `disconnected` state.
+- No paho, ssl or socket exception leaves this module; each failure becomes a `ConnectFailed` subclass (wrapped at
+  the paho boundary, mqtt.py, which also wires paho's callbacks), one log line, and the `refused` or `disconnected`
+  state.
 """
 
 from __future__ import annotations
@@ -24,53 +25,51 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import SecretStr
 
+from agent.backoff import Backoff
 from agent.link import diagnose
 from agent.link.config import LinkConfig
 from agent.link.errors import ConnectFailed, TlsFailure
 from agent.link.mqtt import (
+    Callbacks,
+    Connack,
     InboundMessage,
     Outgoing,
+    Reason,
+    attach,
     build_client,
     certificate_problem,
+    connect,
     connect_properties,
-    new_properties,
+    loop,
+    publish_properties,
+    with_certificate,
 )
 from agent.link.outbox import Outbox
 from agent.link.pacer import Ack, Pacer
-from agent.link.state import Backoff, BirthCounter, StateCell
+from agent.link.state import BirthCounter, StateCell
 from agent.link.topics import Topics
 
 log = logging.getLogger("agent.link")
-paho_log = logging.getLogger("agent.link.paho")
 
 LOOP_TIMEOUT_S = 0.05
 """Longest wait in paho's select; bounds the delay between a put and its send when the link is idle."""
 STABLE_S = 10.0
-"""A connection that held this long resets the backoff to min_s."""
+"""A connection that held this long resets the backoff to initial_s."""
 STOP_ACK_TIMEOUT_S = 1.0
-MQTT_LOG_ERR = 8
-
-
-@dataclass
-class _Connack:
-    reason: ReasonCode
-    properties: Properties | None
-    session_present: bool
 
 
 @dataclass
 class _Events:
     """What paho's callbacks recorded during one `loop` call."""
 
-    connack: _Connack | None = None
-    acks: list[tuple[int, ReasonCode]] = field(default_factory=list)
+    connack: Connack | None = None
+    acks: list[tuple[int, Reason]] = field(default_factory=list)
     server_disconnect: str | None = None
     socket_error: str | None = None
 
@@ -100,7 +99,6 @@ class Session:
         self.state = state
         self.birth = birth
         self._status_payload = status_payload
-        self._deliver = deliver
         self._stop = stop
         self._backoff = Backoff(config.backoff)
         self._outgoing: queue.SimpleQueue[Outgoing] = queue.SimpleQueue()
@@ -113,12 +111,15 @@ class Session:
         # Set by Link.stop before it signals the stop: the clean stop (offline, PUBACK wait, DISCONNECT) ends by then.
         self.stop_deadline: float | None = None
         self.client, self._client_cert = build_client(config, topics.device, password)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_publish = self._on_publish
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = self._on_subscribe
-        self.client.on_log = self._on_log
+        self._callbacks = Callbacks(
+            connack=self._on_connack,
+            message=deliver,
+            puback=self._on_puback,
+            suback=self._on_suback,
+            server_disconnect=self._on_server_disconnect,
+            socket_error=self._on_socket_error,
+        )
+        attach(self.client, self._callbacks)
         problem = certificate_problem(self._client_cert)
         if problem is not None:
             log.warning("%s: the broker will refuse it", problem)
@@ -139,52 +140,22 @@ class Session:
 
     # -- paho callbacks (record only) ------------------------------------------------------------------------------
 
-    def _on_connect(
-        self, _c: Client, _u: object, flags: ConnectFlags, reason: ReasonCode, properties: Properties | None
-    ) -> None:
-        self._events.connack = _Connack(reason, properties, bool(flags.session_present))
+    def _on_connack(self, connack: Connack) -> None:
+        self._events.connack = connack
 
-    def _on_disconnect(
-        self, _c: Client, _u: object, flags: DisconnectFlags, reason: ReasonCode, _p: Properties | None
-    ) -> None:
-        if flags.is_disconnect_packet_from_server:
-            self._events.server_disconnect = (
-                f"the broker disconnected us: {reason.getName()} ({reason.value})"
-            )
+    def _on_server_disconnect(self, reason: str) -> None:
+        self._events.server_disconnect = reason
 
-    def _on_publish(self, _c: Client, _u: object, mid: int, reason: ReasonCode, _p: Properties) -> None:
+    def _on_puback(self, mid: int, reason: Reason) -> None:
         self._events.acks.append((mid, reason))
 
-    def _on_message(self, _c: Client, _u: object, message: MQTTMessage) -> None:
-        props = message.properties
-        response = getattr(props, "ResponseTopic", None) if props is not None else None
-        correlation = getattr(props, "CorrelationData", None) if props is not None else None
-        user = getattr(props, "UserProperty", None) if props is not None else None
-        try:
-            self._deliver(
-                InboundMessage(
-                    topic=message.topic,
-                    payload=bytes(message.payload),
-                    retain=bool(message.retain),
-                    response_topic=response if isinstance(response, str) else None,
-                    correlation=bytes(correlation) if isinstance(correlation, (bytes, bytearray)) else None,
-                    user_properties=tuple((str(k), str(v)) for k, v in user) if user else (),
-                )
-            )
-        except Exception:  # a delivery bug must not kill the network thread
-            log.exception("inbound message on %s could not be delivered", message.topic)
-
-    def _on_subscribe(
-        self, _c: Client, _u: object, _mid: int, reasons: list[ReasonCode], _p: Properties | None
-    ) -> None:
+    def _on_suback(self, _mid: int, reasons: list[Reason]) -> None:
         for reason in reasons:
             if reason.is_failure:
-                log.error("broker refused a subscription: %s (%d)", reason.getName(), reason.value)
+                log.error("broker refused a subscription: %s (%d)", reason.name, reason.value)
 
-    def _on_log(self, _c: Client, _u: object, level: int, text: str) -> None:
-        if level == MQTT_LOG_ERR:
-            self._events.socket_error = text.removeprefix("failed to receive on socket: ")
-        paho_log.debug("%s", text)
+    def _on_socket_error(self, text: str) -> None:
+        self._events.socket_error = text
 
     # -- the thread ------------------------------------------------------------------------------------------------
 
@@ -224,15 +195,16 @@ class Session:
         self.state.set("connecting", attempts=attempts)
         log.debug("connecting to %s (attempt %d)", where, attempts)
         try:
-            rc = self.client.connect(
+            rc = connect(
+                self.client,
                 self.config.host,
                 self.config.effective_port,
-                keepalive=self.config.keepalive_s,
+                keepalive_s=self.config.keepalive_s,
                 clean_start=self.config.clean_start,
                 properties=connect_properties(self.config),
             )
-        except Exception as problem:
-            self._failed(diagnose.connect_exception(problem, where), connected=False)
+        except ConnectFailed as problem:
+            self._failed(problem, connected=False)
             return 0.0
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             text = self._events.socket_error or f"paho error {rc.name}"
@@ -246,20 +218,15 @@ class Session:
         connected_at: float | None = None
         refusal: ConnectFailed | None = None
         while True:
-            try:
-                rc = self.client.loop(timeout=LOOP_TIMEOUT_S)
-            except Exception as problem:  # paho raises for some socket states; treat as a lost connection
-                self._events.socket_error = f"{type(problem).__name__}: {problem}"
-                rc = MQTTErrorCode.MQTT_ERR_CONN_LOST
+            alive = loop(self.client, LOOP_TIMEOUT_S, self._callbacks)
             connack, self._events.connack = self._events.connack, None
             if connack is not None:
-                if connack.reason.is_failure:
-                    refusal = diagnose.refusal(connack.reason.value, connack.reason.getName())
-                else:
+                refusal = connack.refusal()
+                if refusal is None:
                     connected_at = time.monotonic()
                     self._on_connected(connack, birth)
             self._settle()
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or refusal is not None:
+            if not alive or refusal is not None:
                 break
             if connected_at is None:
                 if self._stop.is_set():
@@ -282,14 +249,13 @@ class Session:
         self._failed(refusal, connected=connected_at is not None)
         return 0.0 if connected_at is None else time.monotonic() - connected_at
 
-    def _on_connected(self, connack: _Connack, birth: int) -> None:
+    def _on_connected(self, connack: Connack, birth: int) -> None:
         try:
             self.birth.commit(birth)
         except OSError as problem:
             log.warning("cannot record birth number %d in %s: %s", birth, self.birth.path, problem)
         self._current_birth = birth
-        receive_max = getattr(connack.properties, "ReceiveMaximum", None) if connack.properties else None
-        self.pacer.set_receive_max(receive_max)
+        self.pacer.set_receive_max(connack.receive_max)
         # Subscribe before announcing `online`: the broker handles one client's packets in order, so an operator who
         # reacts to the online status finds the command subscription already in place.
         while not self._new_subscriptions.empty():
@@ -325,10 +291,7 @@ class Session:
             )
         while not self._outgoing.empty():
             message = self._outgoing.get_nowait()
-            properties = None
-            if message.correlation is not None:
-                properties = new_properties(PacketTypes.PUBLISH)
-                properties.CorrelationData = message.correlation
+            properties = publish_properties(correlation=message.correlation)
             self._publish(message.topic, message.payload, message.qos, message.retain, properties)
         self._drain()
         self._settle()
@@ -350,9 +313,7 @@ class Session:
     def _settle(self) -> None:
         """Hands paho's acks to the pacer (deleting delivered rows)."""
         acks, self._events.acks = self._events.acks, []
-        self.pacer.settle(
-            [Ack(mid, f"{r.getName()} ({r.value})" if r.is_failure else None) for mid, r in acks]
-        )
+        self.pacer.settle([Ack(mid, str(reason) if reason.is_failure else None) for mid, reason in acks])
 
     def _clean_stop(self, birth: int) -> None:
         info = self._publish(self.topics.status, self._status_payload("offline", birth, "stopped"), 1, True)
@@ -421,8 +382,7 @@ class Session:
 
     def _failed(self, problem: ConnectFailed, connected: bool) -> None:
         """Records a failed attempt or a lost connection; one log line (repeats of a network failure at debug)."""
-        if isinstance(problem, TlsFailure):
-            problem = diagnose.with_client_certificate(problem, certificate_problem(self._client_cert))
+        problem = with_certificate(problem, self._client_cert)
         refused = isinstance(problem, TlsFailure) or problem.rc is not None
         repeated = self.state.get().reason == problem.reason
         self.state.set("refused" if refused else "disconnected", reason=problem.reason, rc=problem.rc)

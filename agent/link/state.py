@@ -1,10 +1,9 @@
-"""Connection state, reconnection delays and the persisted birth sequence number.
+"""Connection state and the persisted birth sequence number (reconnection delays: `agent.backoff`).
 
 Invariants:
 - `StateCell` is written only by the link's network thread, from what paho reported (a CONNACK, a disconnect, a
   failed connect); `connected` means a success CONNACK was processed and no disconnect since. Readers get a
   consistent copy (`LinkStatus`) under a lock. Nothing else stores a "connected" flag.
-- `Backoff` is the only reconnection policy: delays double from min_s to max_s, each shortened by jitter.
 - `BirthCounter` never hands out a number at or below one it committed, across restarts: the committed value is
   written to the state directory atomically (temp file, fsync, rename, fsync of the folder) before it is used.
 """
@@ -13,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -21,7 +19,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agent.fsutil import write_atomic
-from agent.link.config import BackoffConfig
 
 log = logging.getLogger("agent.link")
 
@@ -102,25 +99,6 @@ class StateCell:
             return self._status
 
 
-class Backoff:
-    """Exponential reconnection delays with jitter."""
-
-    def __init__(self, config: BackoffConfig, rng: random.Random | None = None) -> None:
-        self.config = config
-        self._rng = rng or random.Random()
-        self._failures = 0
-
-    def next_delay(self) -> float:
-        """The delay before the next attempt; each call doubles the base, up to max_s."""
-        base = min(self.config.max_s, self.config.min_s * (2.0 ** min(self._failures, 32)))
-        self._failures += 1
-        return base * (1.0 - self.config.jitter_fraction * self._rng.random())
-
-    def reset(self) -> None:
-        """Back to min_s (after a connection that held)."""
-        self._failures = 0
-
-
 class BirthCounter:
     """Birth sequence numbers that only grow, across restarts (file `link-birth.json` in the state directory)."""
 
@@ -161,4 +139,4 @@ class BirthCounter:
         self._committed = value
 
 
-__all__ = ["Backoff", "BirthCounter", "LinkState", "LinkStatus", "StateCell"]
+__all__ = ["BirthCounter", "LinkState", "LinkStatus", "StateCell"]

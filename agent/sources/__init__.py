@@ -4,9 +4,9 @@
 and hands each item to a callback. See `base.py` for the contract and `runner.py` for the states.
 """
 
+from agent.backoff import BackoffConfig
 from agent.sources.base import EndOfStream, Item, ItemKind, Source, SourceState
 from agent.sources.config import (
-    BackoffConfig,
     CsvConfig,
     FaultConfig,
     GStreamerConfig,

@@ -14,33 +14,14 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from agent.backoff import BackoffConfig
+
 IMU_CHANNELS = ("acc_x", "acc_y", "acc_z", "gyr_x", "gyr_y", "gyr_z")
 # The bundled sample video next to the package (a source checkout); absolute so it works whatever the working directory.
 DEFAULT_VIDEO = Path(__file__).resolve().parent.parent.parent / "models" / "samples" / "scenes.mp4"
 
 PositiveRate = Annotated[float, Field(gt=0, le=100_000)]
 Rate = Literal["native", "max"] | PositiveRate
-
-
-class BackoffConfig(BaseModel):
-    """How long to wait between attempts to reopen a source: exponential, with jitter, reset after an item."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    initial_s: float = Field(0.5, gt=0, le=3600, description="Wait before the first retry, seconds.")
-    max_s: float = Field(30.0, gt=0, le=3600, description="Longest wait between retries, seconds.")
-    multiplier: float = Field(
-        2.0, ge=1, le=10, description="Each failed attempt multiplies the wait by this."
-    )
-    jitter: float = Field(
-        0.2, ge=0, le=1, description="Random fraction added or taken from each wait (0.2: ±20 %)."
-    )
-
-    @model_validator(mode="after")
-    def _check_order(self) -> BackoffConfig:
-        if self.max_s < self.initial_s:
-            raise ValueError(f"max_s ({self.max_s}) must not be below initial_s ({self.initial_s})")
-        return self
 
 
 class _SourceBase(BaseModel):

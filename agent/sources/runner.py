@@ -9,7 +9,8 @@ Invariants:
   `stop()` returns within its timeout even when the source is stuck in a call (its thread is then left behind, as a
   daemon thread, and closes the source when the call returns);
 - any exception from the source is caught: EndOfStream ends the run, anything else is counted, reported as
-  `last_error` and answered by reopening the source after an exponential backoff with jitter, reset by the next item.
+  `last_error` and answered by reopening the source after an exponential backoff with jitter (`agent.backoff`),
+  reset by the next item.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from agent.backoff import Backoff
 from agent.errors import SourceError
 from agent.sources.base import EndOfStream, Item, Source, SourceState
 from agent.sources.config import SourceConfig
@@ -91,7 +93,7 @@ class SourceRunner:
         self._deliver = deliver
         self._on_state = on_state
         self._poll_s = poll_s
-        self._rng = random.Random(seed)
+        self._backoff = Backoff(config.reconnect, random.Random(seed))
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -103,7 +105,6 @@ class SourceRunner:
         self._last_error: str | None = None
         self._recent: deque[float] = deque(maxlen=32)
         self._backoff_s = 0.0
-        self._failures = 0
         self._seq = 0
 
     # ------------------------------------------------------------------ public face
@@ -225,7 +226,7 @@ class SourceRunner:
             with self._lock:
                 self._items += 1
                 self._recent.append(now)
-                self._failures = 0
+                self._backoff.reset()
                 self._backoff_s = 0.0
             if self._state is not SourceState.CONNECTED:
                 self._set_state(SourceState.CONNECTED)
@@ -244,11 +245,8 @@ class SourceRunner:
             log.warning("source %s: error while closing", self.name, exc_info=True)
 
     def _wait_backoff(self) -> None:
-        policy = self.config.reconnect
         with self._lock:
-            base = policy.initial_s * policy.multiplier ** min(self._failures, 64)
-            self._failures += 1
-            delay = min(policy.max_s, base * (1.0 + self._rng.uniform(-policy.jitter, policy.jitter)))
+            delay = self._backoff.next_delay()
             self._backoff_s = delay
         self._stop.wait(delay)
 
