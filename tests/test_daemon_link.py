@@ -313,3 +313,28 @@ def test_set_config_puts_the_previous_source_back_when_the_new_one_cannot_open(b
     finally:
         code, output, _ = stop(process)
     assert code == 0 and "Traceback" not in output, output
+
+
+def test_a_clean_stop_publishes_the_events_it_made_before_the_offline_status(broker, folder, operator):
+    folder.write(config(broker))
+    process = start_daemon(folder)
+    try:
+        next_on(operator, f"{ROOT}/status", lambda d: d["state"] == "online")
+        wait_status(folder, lambda s: processed(s) >= 5, 30, "the daemon running")
+        code, output, took = stop(process)
+    finally:
+        if process.poll() is None:
+            stop(process)
+    assert code == 0 and took < 2.0, (took, output)
+    seen: list[tuple[str, Any]] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(
+        t.endswith("/status") and d["state"] == "offline" for t, d in seen
+    ):
+        message = operator.next_message(max(0.1, deadline - time.monotonic()))
+        if message.topic in (f"{ROOT}/events", f"{ROOT}/status"):
+            seen.append((message.topic, json.loads(message.payload)))
+    stopped = [i for i, (t, d) in enumerate(seen) if t.endswith("/events") and "stopped" in d["message"]]
+    offline = [i for i, (t, d) in enumerate(seen) if t.endswith("/status") and d["state"] == "offline"]
+    assert stopped, f"the source's last event never reached the fleet: {[d.get('message') for _, d in seen]}"
+    assert offline and stopped[0] < offline[0], "the event came after the offline status"

@@ -49,6 +49,7 @@ TICK_S = 0.5
 WITHOUT_MODEL_TICK_LIMIT_S = 30.0  # running without a model, the watchdog is fed while the main loop ticks
 STATE_UMASK = 0o077  # files 0600, folders 0700
 STOP_BUDGET_S = 1.6  # of the 2 s from SIGTERM to exit: the rest is the interpreter's own shutdown
+PIPELINE_STOP_S = 0.6  # the pipeline's share; the link gets the rest to send what waits and say offline
 
 
 class Daemon:
@@ -154,20 +155,26 @@ class Daemon:
         self.main.submit(self.models.restart)
 
     def stop(self) -> None:
-        """Stops every part within one shared budget (SIGTERM to exit in under 2 s, whatever the broker does)."""
+        """Stops every part within one shared budget (SIGTERM to exit in under 2 s, whatever the broker does).
+
+        The pipeline stops first (at most `PIPELINE_STOP_S`), so that its last events (the source stopping) are in
+        the outbox before the link sends what waits, publishes `offline` and disconnects in the rest of the budget.
+        """
         deadline = time.monotonic() + STOP_BUDGET_S
         self.notifier.stopping()
         self.main.close()
         if self._watchdog is not None:
             self._watchdog.stop()
-        # The link (offline status, PUBACK wait, DISCONNECT) stops beside the pipeline, not after it.
+        self.models.stop(time.monotonic() + PIPELINE_STOP_S)
         stopper = None
-        if self.uplink is not None:
+        if self.uplink is not None:  # on a side thread, beside the control socket's own stop
             stopper = threading.Thread(
-                target=self.uplink.stop, args=(STOP_BUDGET_S - 0.4,), name="stop-link", daemon=True
+                target=self.uplink.stop,
+                args=(max(0.3, deadline - time.monotonic() - 0.1),),
+                name="stop-link",
+                daemon=True,
             )
             stopper.start()
-        self.models.stop(deadline)
         if self._control is not None:
             self._control.stop()
         if stopper is not None:

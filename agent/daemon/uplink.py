@@ -30,9 +30,6 @@ from agent.pipeline import CallbackSink, ResultRecord, Sink
 
 log = logging.getLogger("agent.daemon.uplink")
 
-FIRST_TELEMETRY_S = 5.0
-"""The first telemetry snapshot goes out this soon after the link starts (or at the interval, if shorter)."""
-
 
 def event_payload(event: AgentEvent) -> Event:
     """The wire payload of an in-process event (the device id is filled in by the link)."""

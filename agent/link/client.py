@@ -47,6 +47,9 @@ JOIN_S = 5.0
 
 TelemetrySource = Callable[[], Mapping[str, Any]]
 MessageHandler = Callable[[InboundMessage], None]
+FIRST_TELEMETRY_S = 5.0
+"""The first telemetry snapshot goes out this soon after start (or at the interval, if that is shorter)."""
+
 _UNSET: Any = object()
 
 
@@ -360,7 +363,8 @@ class Link:
                 log.exception("link worker: unexpected failure")
 
     def _upkeep_loop(self) -> None:
-        next_telemetry = time.monotonic() + self.config.telemetry.interval_s
+        # the first snapshot soon after start (a device that just booted is worth a look), then on the interval
+        next_telemetry = time.monotonic() + min(FIRST_TELEMETRY_S, self.config.telemetry.interval_s)
         next_report = time.monotonic() + DROP_REPORT_S
         reported = 0
         while not self._stop.wait(UPKEEP_S):

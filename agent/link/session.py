@@ -62,6 +62,8 @@ LOOP_TIMEOUT_S = 0.05
 STABLE_S = 10.0
 """A connection that held this long resets the backoff to initial_s."""
 STOP_ACK_TIMEOUT_S = 1.0
+STOP_DRAIN_SHARE = 0.6
+"""Of a clean stop's time, the share spent sending what waits in the outbox before the offline status."""
 
 
 @dataclass
@@ -316,10 +318,11 @@ class Session:
         self.pacer.settle([Ack(mid, str(reason) if reason.is_failure else None) for mid, reason in acks])
 
     def _clean_stop(self, birth: int) -> None:
-        info = self._publish(self.topics.status, self._status_payload("offline", birth, "stopped"), 1, True)
         deadline = time.monotonic() + STOP_ACK_TIMEOUT_S
         if self.stop_deadline is not None:
             deadline = min(deadline, self.stop_deadline)
+        self._flush(time.monotonic() + STOP_DRAIN_SHARE * max(0.0, deadline - time.monotonic()))
+        info = self._publish(self.topics.status, self._status_payload("offline", birth, "stopped"), 1, True)
         acked = info is None
         while not acked and time.monotonic() < deadline:
             if self.client.loop(timeout=LOOP_TIMEOUT_S) != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -337,6 +340,19 @@ class Session:
         self._close()
         self._reset_flight()
         log.info("disconnected from %s:%d (stopped)", self.config.host, self.config.effective_port)
+
+    def _flush(self, until: float) -> None:
+        """Before the offline status: sends what waits (replies, then outbox rows in their order) and takes the acks.
+
+        What is not acknowledged by `until` stays in the outbox and goes out after the next start.
+        """
+        while time.monotonic() < until:
+            self._service()
+            if self.pacer.inflight == 0 and self._outgoing.empty() and not self.outbox.pending(1):
+                return
+            if self.client.loop(timeout=LOOP_TIMEOUT_S) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return
+            self._settle()
 
     # -- helpers ---------------------------------------------------------------------------------------------------
 
