@@ -1,17 +1,22 @@
 #!/usr/bin/env python3
-"""Makes a test PKI for the fleet broker: a CA, a broker certificate, and one client certificate per device.
+"""Makes a test PKI for the fleet broker: a CA, a broker certificate, and one client certificate per identity.
 
-    scripts/make_certs.py OUT_DIR --device cam-01 --device cam-02 [--expired old-01] [--other-ca] [--host broker.lan]
+    scripts/make_certs.py OUT_DIR [--inventory INVENTORY [--prefix 'edge/{fleet}/']] [--device cam-01 ...]
+                                  [--operator alice ...] [--expired old-01] [--other-ca] [--host broker.lan]
 
 Writes into OUT_DIR (PEM, keys mode 0600):
     ca.crt, ca.key                  the fleet CA (give ca.crt to devices as tls.ca_file, and to Mosquitto as cafile)
     broker.crt, broker.key          the broker, valid for localhost, 127.0.0.1, ::1 and every --host
-    {device}.crt, {device}.key      a client certificate per device, CN = device id (use_identity_as_username)
+    {name}.crt, {name}.key          a client certificate per identity, CN = its name (use_identity_as_username): every
+                                    device, operator and repository user of the inventory, every --device and
+                                    every --operator
+    edge-fleet.acl                  with --inventory: the broker's ACL rendered from it (scripts/make_acl.py)
     {name}.crt, {name}.key          for every --expired NAME: a client certificate that expired yesterday
     other-ca.crt, other-ca.key      with --other-ca: an unrelated CA (a device trusting it must refuse the broker)
     stranger.crt, stranger.key      with --other-ca: a client certificate signed by that unrelated CA
 
 Keys are ECDSA P-256. This is for test benches and first trials; a production fleet's CA key belongs offline.
+A name in --device or --operator that is not in the inventory gets a certificate but no rights in the ACL.
 """
 
 from __future__ import annotations
@@ -155,12 +160,29 @@ def make_certs(
         _write(folder, "stranger", *make_leaf("stranger", other, server=False, validity=valid))
 
 
+RESERVED = {"ca", "broker", "other-ca", "stranger"}
+"""File stems of the CA, broker and --other-ca files: no client may be named so."""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path, help="folder to write the PEM files into (created if missing)")
     parser.add_argument(
+        "--inventory",
+        type=Path,
+        help="fleet inventory (TOML): a client certificate for each of its identities, and edge-fleet.acl",
+    )
+    parser.add_argument(
+        "--prefix",
+        default="edge/{fleet}/",
+        help="topic prefix template for the ACL (default 'edge/{fleet}/')",
+    )
+    parser.add_argument(
         "--device", action="append", default=[], help="device id: a client certificate, CN = id"
+    )
+    parser.add_argument(
+        "--operator", action="append", default=[], help="operator name: a client certificate, CN = name"
     )
     parser.add_argument(
         "--expired", action="append", default=[], help="name of an already expired client cert"
@@ -173,14 +195,36 @@ def main(argv: list[str] | None = None) -> int:
         "--days", type=int, default=30, help="validity of the certificates, days (default 30)"
     )
     args = parser.parse_args(argv)
+    acl: str | None = None
+    names = [*args.device, *args.operator]
+    if args.inventory is not None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from make_acl import InventoryError, parse_inventory, render_acl
+
+        try:
+            inventory = parse_inventory(args.inventory.read_text(encoding="utf-8"), str(args.inventory))
+            acl = render_acl(inventory, args.prefix, source=str(args.inventory))
+        except (OSError, InventoryError) as problem:
+            for line in str(problem).splitlines():
+                print(f"make_certs: error: {line}", file=sys.stderr)
+            return 1
+        names = [*inventory.identities(), *names]
+    clash = sorted(RESERVED & {*names, *args.expired})
+    if clash:
+        parser.error(f"{', '.join(clash)}: reserved for the CA and broker files; choose another name")
     make_certs(
         args.out_dir,
-        args.device,
+        list(dict.fromkeys(names)),
         expired=args.expired,
         other_ca=args.other_ca,
         hosts=args.host,
         days=args.days,
     )
+    if acl is not None:
+        from make_acl import write_acl
+
+        write_acl(args.out_dir / "edge-fleet.acl", acl)
+        print(f"ACL for {args.inventory} written to {args.out_dir / 'edge-fleet.acl'}")
     print(f"certificates written to {args.out_dir}")
     return 0
 

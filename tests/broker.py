@@ -1,8 +1,9 @@
 """A real Mosquitto for tests: generated config (plain, TLS, mutual TLS, password file, ACL), on a free port.
 
-Also: independent observers (`mosquitto_sub` as a subprocess, and a small paho client), the test PKI from
-scripts/make_certs.py, and pytest fixtures. Test modules load the fixtures with `pytest_plugins = ["broker"]` and
-import helpers with `from broker import ...` (pytest puts tests/ on sys.path; tests/ is not a package).
+Also: independent clients (`mosquitto_sub` and `mosquitto_pub` as subprocesses, and a small paho client), the test
+PKI and ACL from scripts/make_certs.py and the test inventory (tests/data/fleet-inventory.toml), and pytest fixtures.
+Test modules load the fixtures with `pytest_plugins = ["broker"]` and import helpers with `from broker import ...`
+(pytest puts tests/ on sys.path; tests/ is not a package).
 
 Invariants: every broker listens on 127.0.0.1 only, on a port picked free by the OS; `stop` and the fixtures' cleanup
 always terminate the processes they started (by pid); a broker can be stopped and started again on the same port,
@@ -170,6 +171,17 @@ class Broker:
             process.kill()
             process.wait(5)
 
+    def reload(self, timeout_s: float = 10.0) -> None:
+        """SIGHUP: Mosquitto re-reads its ACL (and password file), keeping every connection; waits for its log line."""
+        assert self.process is not None and self.process.poll() is None, "the broker is not running"
+        before = self.log().count("Reloading config.")
+        self.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout_s
+        while self.log().count("Reloading config.") <= before:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"mosquitto did not reload within {timeout_s} s:\n{self.log()[-2000:]}")
+            time.sleep(0.02)
+
     def log(self) -> str:
         """Everything Mosquitto logged so far."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -204,11 +216,19 @@ class Seen:
 class MosquittoSub:
     """An independent observer: `mosquitto_sub` as a subprocess, printing retain, topic and payload per line."""
 
-    def __init__(self, broker: Broker, topics: list[str], *extra: str, client_id: str | None = None) -> None:
-        args = [MOSQUITTO_SUB, *broker.url_args(), *broker.tls_args(), "-V", "mqttv5", "-q", "1"]
+    def __init__(
+        self,
+        broker: Broker,
+        topics: list[str],
+        *extra: str,
+        client_id: str | None = None,
+        cert: str | None = None,
+    ) -> None:
+        """`cert`: connect with that client certificate (mutual TLS); its CN is then also the client id."""
+        args = [MOSQUITTO_SUB, *broker.url_args(), *broker.tls_args(cert), "-V", "mqttv5", "-q", "1"]
         args += ["-F", "%r\t%t\t%p"]
         # A named client keeps a persistent session (it survives a broker restart with persistence on).
-        name = client_id or f"observer-{os.urandom(4).hex()}"
+        name = client_id or cert or f"observer-{os.urandom(4).hex()}"
         args += ["-i", name, "-c", "-x", "600"] if client_id is not None else ["-i", name]
         for topic in topics:
             args += ["-t", topic]
@@ -271,6 +291,18 @@ class MosquittoSub:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+
+
+def mosquitto_pub(
+    broker: Broker, topic: str, payload: str, cert: str | None = None, retain: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Publishes one QoS 1 message with `mosquitto_pub` (MQTT 5) as `cert`'s identity. A publish the ACL refuses is
+    answered with reason code 135, which mosquitto_pub reports on stderr (`Publish 1 failed: Not authorized`)."""
+    args = [MOSQUITTO_PUB, *broker.url_args(), *broker.tls_args(cert), "-V", "mqttv5", "-q", "1"]
+    args += ["-t", topic, "-m", payload, *(["-r"] if retain else [])]
+    if cert is not None:
+        args += ["-i", cert]
+    return subprocess.run(args, capture_output=True, text=True, timeout=30, check=False)
 
 
 class PahoPeer:
@@ -378,19 +410,25 @@ def link_config(broker: Broker, device: str | None = None, **overrides: Any) -> 
     return LinkConfig.model_validate(data)
 
 
+TEST_INVENTORY = ROOT / "tests" / "data" / "fleet-inventory.toml"
+"""Fleet f1: dev-a (group g1), dev-b (g2); fleet f2: dev-x (g1); operators `operator` and `operator-watch` (all
+fleets), `ops-f1` (f1 only); repository user `repo` (f1)."""
+UNLISTED_DEVICE = "dev-c"
+"""Has a certificate from the test CA but is not in the inventory: the ACL grants it nothing."""
+
+
 def make_test_certs(folder: Path) -> Path:
-    """Runs scripts/make_certs.py for dev-a, dev-b and operator, an expired 'old-dev' and an unrelated CA."""
+    """Runs scripts/make_certs.py with the test inventory (a certificate per identity, and `edge-fleet.acl`), plus
+    dev-c (not in the inventory), an expired 'old-dev' and an unrelated CA."""
     subprocess.run(
         [
             sys.executable,
             str(ROOT / "scripts" / "make_certs.py"),
             str(folder),
+            "--inventory",
+            str(TEST_INVENTORY),
             "--device",
-            "dev-a",
-            "--device",
-            "dev-b",
-            "--device",
-            "operator",
+            UNLISTED_DEVICE,
             "--expired",
             "old-dev",
             "--other-ca",
@@ -415,14 +453,16 @@ def kill_process(process: subprocess.Popen[Any]) -> None:
 SHIPPED_MOSQUITTO = ROOT / "firmware-config" / "mosquitto"
 
 
-def shipped_acl_broker(broker_factory: Callable[..., Broker], certs: Path) -> Broker:
-    """Mosquitto running the shipped mosquitto.conf and ACL (mutual TLS), with the test PKI, on a free local port."""
+def shipped_acl_broker(broker_factory: Callable[..., Broker], certs: Path, acl: Path | None = None) -> Broker:
+    """Mosquitto running the shipped mosquitto.conf (mutual TLS) with the test PKI, on a free local port, and the ACL
+    generated from the test inventory (`certs`/edge-fleet.acl), or `acl`."""
     conf = (SHIPPED_MOSQUITTO / "mosquitto.conf").read_text()
+    acl_file = acl or certs / "edge-fleet.acl"
 
     def rewrite(port: int) -> str:
         text = conf.replace("listener 8883", f"listener {port} 127.0.0.1")
         text = text.replace("/etc/mosquitto/certs/", f"{certs}/")
-        text = text.replace("/etc/mosquitto/edge-fleet.acl", str(SHIPPED_MOSQUITTO / "edge-fleet.acl"))
+        text = text.replace("/etc/mosquitto/edge-fleet.acl", str(acl_file))
         return f"user {getpass.getuser()}\nlog_dest stderr\nlog_type all\n{text}"
 
     return broker_factory(
@@ -454,7 +494,8 @@ def start_link_agent(broker: Broker, state_dir: Path, device: str = "dev-a") -> 
 
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The test PKI (CA, broker for 127.0.0.1, dev-a, dev-b, operator, expired old-dev, other-ca, stranger)."""
+    """The test PKI (CA, broker for 127.0.0.1, every identity of the test inventory, dev-c, expired old-dev,
+    other-ca, stranger) and the ACL rendered from the inventory (edge-fleet.acl)."""
     return make_test_certs(tmp_path_factory.mktemp("certs"))
 
 
@@ -517,8 +558,10 @@ def observers() -> Iterator[Callable[..., MosquittoSub]]:
     """Starts `mosquitto_sub` observers; ends them at the end of the test."""
     started: list[MosquittoSub] = []
 
-    def make(broker: Broker, topics: list[str], *extra: str, client_id: str | None = None) -> MosquittoSub:
-        observer = MosquittoSub(broker, topics, *extra, client_id=client_id)
+    def make(
+        broker: Broker, topics: list[str], *extra: str, client_id: str | None = None, cert: str | None = None
+    ) -> MosquittoSub:
+        observer = MosquittoSub(broker, topics, *extra, client_id=client_id, cert=cert)
         started.append(observer)
         return observer
 

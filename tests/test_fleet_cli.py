@@ -126,10 +126,10 @@ def status_json(broker: Broker, *extra: str) -> dict[str, Any]:
     return {row["device"]: row for row in json.loads(result.stdout)["devices"]}
 
 
-def as_operator(broker: Broker, certs: Path, *args: str) -> list[str]:
-    """Flags for the shipped broker: mutual TLS with the operator's certificate."""
-    tls = ["--ca-file", str(certs / "ca.crt"), "--cert-file", str(certs / "operator.crt")]
-    return on(broker, *tls, "--key-file", str(certs / "operator.key"), *args)
+def as_operator(broker: Broker, certs: Path, *args: str, identity: str = "operator") -> list[str]:
+    """Flags for the shipped broker: mutual TLS with an operator's certificate (`operator`: every fleet)."""
+    tls = ["--ca-file", str(certs / "ca.crt"), "--cert-file", str(certs / f"{identity}.crt")]
+    return on(broker, *tls, "--key-file", str(certs / f"{identity}.key"), *args)
 
 
 @pytest.fixture
@@ -356,6 +356,27 @@ def test_cmd_ping_round_trip_under_the_shipped_acl(shipped: tuple[Broker, Link],
     assert json.loads(result.stdout)["pong"] is True
     assert "Sending PUBLISH to operator" in broker.log() and f"{DEV_A}/reply/" in broker.log()
     assert link.router.stats()["ok"] == 2
+
+
+def test_two_operator_tools_with_their_own_identities_run_side_by_side(
+    shipped: tuple[Broker, Link], certs: Path, observers: Callable[..., MosquittoSub]
+) -> None:
+    broker, link = shipped
+    # A watching tool (operator-watch) stays connected while another (operator) sends commands and gets answers.
+    watcher = observers(broker, [f"edge/{FLEET}/#"], cert="operator-watch")
+    for _ in range(2):
+        result = run_fleet(*as_operator(broker, certs, "cmd", "dev-a", "ping", "--json"))
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["data"]["pong"] is True
+    seen = watcher.collect(quiet_s=0.5)
+    assert len([m for m in seen if m.topic == f"{DEV_A}/cmd/ping"]) == 2
+    assert len([m for m in seen if m.topic.startswith(f"{DEV_A}/reply/") and b'"pong"' in m.payload]) == 2
+    # An operator limited to fleet f1 may command it too, at the same time.
+    result = run_fleet(*as_operator(broker, certs, "cmd", "dev-a", "ping", identity="ops-f1"))
+    assert result.returncode == 0, result.stderr
+    assert watcher.process.poll() is None, "the watching tool was disconnected"
+    assert "already connected" not in broker.log()
+    assert link.router.stats()["ok"] == 3
 
 
 def test_cmd_snapshot_out_writes_the_jpeg(shipped: tuple[Broker, Link], certs: Path, tmp_path: Path) -> None:
