@@ -313,11 +313,13 @@ class Daemon:
 
     def status_brief(self) -> StatusBrief:
         """The model in service and each source's state, for the retained MQTT status."""
-        pipeline = self.models.pipeline
-        if pipeline is None:
+        active, pipeline = self.models.active, self.models.pipeline
+        if active is None:
             return StatusBrief(None, {})
-        model = pipeline.active.model
-        return StatusBrief((model.name, model.version), pipeline.source_states())
+        model = active.model
+        return StatusBrief(
+            (model.name, model.version), pipeline.source_states() if pipeline is not None else {}
+        )
 
     def telemetry(self) -> dict[str, Any]:
         """The metrics snapshot published to the fleet."""

@@ -72,6 +72,7 @@ class ModelService:
         self._loading_since: float | None = None
         self._before_stuck = SlotState.SERVING
         self._lingering_shadow: ShadowTee | None = None
+        self._restarting: ActiveModel | None = None  # between a pipeline's stop and the next one's start
 
     # ------------------------------------------------------------------ readers (any thread)
 
@@ -82,9 +83,9 @@ class ModelService:
 
     @property
     def active(self) -> ActiveModel | None:
-        """The model in service, if any."""
+        """The model in service, if any (also while its pipeline is being restarted)."""
         pipeline = self._pipeline
-        return pipeline.active if pipeline is not None else None
+        return pipeline.active if pipeline is not None else self._restarting
 
     @property
     def previous(self) -> ActiveModel | None:
@@ -318,6 +319,7 @@ class ModelService:
         """Stops the pipeline and closes every model, within `deadline` (a model inside a hung invoke is left)."""
         with self._lock:
             active = self._stop_pipeline(deadline)
+            self._restarting = None  # nothing will start again
             self._drop_candidate()
             previous, self._previous = self._previous, None
             for model in (active, previous):
@@ -378,6 +380,8 @@ class ModelService:
             if fresh is not None:
                 fresh.model.close()
             raise
+        finally:
+            self._restarting = None
         self._state = SlotState.SERVING  # a fresh pipeline is not stuck
         self._settle()
 
@@ -403,10 +407,11 @@ class ModelService:
 
     def _stop_pipeline(self, deadline: float | None = None) -> ActiveModel | None:
         """Stops the pipeline (if any); returns the model it served, quarantined if its invoke hangs."""
-        pipeline, self._pipeline = self._pipeline, None
+        pipeline = self._pipeline
         if pipeline is None:
             return None
-        active = pipeline.active
+        active = self._restarting = pipeline.active
+        self._pipeline = None
         stuck = pipeline.stop(deadline)
         if stuck is not None:
             self._quarantine.append(_Quarantined(stuck.active, stuck))

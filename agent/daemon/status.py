@@ -58,11 +58,10 @@ def status_of(
     link: dict[str, Any],
 ) -> dict[str, Any]:
     """Everything `edge-agent status` shows, JSON-ready."""
-    pipeline, previous = models.pipeline, models.previous
+    pipeline, previous, serving = models.pipeline, models.previous, models.active
     model: dict[str, Any] | None = None
-    if pipeline is not None:
-        active = pipeline.active.model
-        model = {**evidence_of(active), "task": active.manifest.task}
+    if serving is not None:
+        model = {**evidence_of(serving.model), "task": serving.model.manifest.task}
     candidate = models.candidate
     return {
         "agent": {
@@ -70,8 +69,8 @@ def status_of(
             "device": identity.device,
             "uptime_s": round(time.time() - identity.started_at, 1),
             "state_dir": str(identity.state_dir),
-            "state": "no-model" if pipeline is None and models.problem is not None else "running",
-            "problem": models.problem if pipeline is None else None,
+            "state": "no-model" if serving is None and models.problem is not None else "running",
+            "problem": models.problem if serving is None else None,
             "model_slot": models.state.value,
         },
         "model": model,

@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agent.errors import AgentError, ConfigError
-from agent.link.topics import render_prefix, validate_id
+from agent.link.wire import render_prefix, validate_id
 
 if sys.version_info >= (3, 11):
     import tomllib
