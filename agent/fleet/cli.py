@@ -126,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--out", type=Path, metavar="FILE", help="snapshot: write the JPEG to FILE")
     add_connection_arguments(cmd, suppress=True)
     cmd.set_defaults(handler=run_cmd)
+
+    from agent.fleet.serve import add_serve_parser  # the block repository (agent/fleet/serve.py)
+
+    add_serve_parser(sub)
     return parser
 
 

@@ -235,6 +235,35 @@ class FleetClient:
         if reason.is_failure:
             raise BrokerRefused(f"the broker refused the message to {topic}: {reason}")
 
+    def send(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        correlation: bytes | None = None,
+        user_properties: tuple[tuple[str, str], ...] = (),
+    ) -> int:
+        """Publishes at QoS 1 without waiting for the PUBACK; returns its mid, which `acked` reports later.
+
+        For a caller that keeps a window of its own (`edge-fleet serve`); not to be mixed with `publish` on one client."""
+        properties = publish_properties(None, correlation, user_properties)
+        try:
+            info = self._client.publish(topic, payload, qos=1, properties=properties)
+        except ValueError as problem:
+            raise BrokerRefused(f"cannot publish to {topic}: {problem}") from None
+        self._check(info.rc)
+        return info.mid
+
+    def acked(self) -> list[tuple[int, Reason]]:
+        """The PUBACKs received since last time (mid, reason) for messages `send` published."""
+        acks, self._pubacks = list(self._pubacks.items()), {}
+        return acks
+
+    @property
+    def receive_max(self) -> int | None:
+        """The broker's MQTT 5 Receive Maximum from the last CONNACK (None: it sent none, so 65535)."""
+        return None if self._connack is None else self._connack.receive_max
+
     def poll(self, timeout_s: float) -> list[InboundMessage]:
         """Runs the network for up to `timeout_s` (less when a message comes); the messages received since last time."""
         if not self._loop(timeout_s):

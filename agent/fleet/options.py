@@ -87,6 +87,8 @@ class ConnectOptions:
     client_id: str = "edge-fleet"
     connect_timeout_s: float = CONNECT_TIMEOUT_S
     keepalive_s: int = KEEPALIVE_S
+    max_inflight: int | None = None
+    """QoS 1 publishes paho lets out unacknowledged at once (None: the link's default); `serve` raises it."""
 
     @property
     def uses_tls(self) -> bool:
@@ -123,6 +125,7 @@ class ConnectOptions:
             topic_prefix=self.prefix_template,
             connect_timeout_s=self.connect_timeout_s,
             keepalive_s=self.keepalive_s,
+            **({} if self.max_inflight is None else {"max_inflight": self.max_inflight}),
         )
 
 

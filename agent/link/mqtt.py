@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -245,16 +245,20 @@ def loop(client: Client, timeout_s: float, callbacks: Callbacks) -> bool:
 
 
 def publish_properties(
-    response_topic: str | None = None, correlation: bytes | None = None
+    response_topic: str | None = None,
+    correlation: bytes | None = None,
+    user_properties: Sequence[tuple[str, str]] = (),
 ) -> Properties | None:
-    """PUBLISH properties with an MQTT 5 response topic and correlation data, or None when neither is given."""
-    if response_topic is None and correlation is None:
+    """PUBLISH properties with an MQTT 5 response topic, correlation data and user properties (None: none given)."""
+    if response_topic is None and correlation is None and not user_properties:
         return None
     properties = new_properties(PacketTypes.PUBLISH)
     if response_topic is not None:
         properties.ResponseTopic = response_topic
     if correlation is not None:
         properties.CorrelationData = correlation
+    if user_properties:
+        properties.UserProperty = list(user_properties)
     return properties
 
 
