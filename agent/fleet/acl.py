@@ -105,7 +105,7 @@ class Operator(BaseModel):
 
 
 class RepositoryUser(BaseModel):
-    """An identity of the block repository server (edge-fleet serve; several copies may share one)."""
+    """An identity of the block repository server (edge-fleet serve; each copy needs an identity of its own: the broker takes the certificate name as the client id, so two copies with one identity take over each other's session)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
