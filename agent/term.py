@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -59,4 +60,21 @@ def error(message: str, prog: str = "edge-agent") -> None:
     sys.stderr.flush()
 
 
-__all__ = ["console", "error", "fmt", "print_json", "table"]
+@contextmanager
+def progress_bar() -> Iterator[Callable[[str, int, int], None]]:
+    """One progress bar on stderr, drawn only when stderr is a terminal; yields `update(what, done, total)`."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    err = Console(stderr=True, highlight=False)
+    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("", total=None)
+
+        def update(what: str, done: int, total: int) -> None:
+            bar.update(task, description=what, completed=done, total=total or None)
+
+        yield update
+
+
+__all__ = ["console", "error", "fmt", "print_json", "progress_bar", "table"]

@@ -8,10 +8,19 @@ Public face:
     FleetView, DeviceRow                            devices folded from status, telemetry and events (pure)
     EventStream                                     events de-duplicated by id and filtered by type (pure)
     FleetError, UsageError, CommandFailed, NoReply, BrokerRefused   what goes wrong, with its exit status
+Signed model releases (files only, no broker; imported from their modules, not re-exported here, so that
+`edge-fleet status` loads neither tuf nor the inference core):
+    agent.fleet.keys        new_key_pair, load_public_key, load_signer, read_passphrase   ed25519 key files
+    agent.fleet.repository  FileRepository (python-tuf's Repository over the store), Expiry   the store layout
+    agent.fleet.trust       init_trust, add_key, remove_key, set_threshold, rotate_root, resign, resign_timestamp
+    agent.fleet.release     publish, list_releases, revert, read_manifest, signable_custom
+    agent.fleet.pack        pack_bundle (inference core check, golden self-test, archive, block index)
+    KeyFileError, StoreError, SigningError, ReleaseRefused (agent.fleet.errors)
 The wire contract is the agent's own, reached through the link's one public module for the operator side,
 `agent.link.wire` (payloads, topics, errors, the paho boundary): the operator never re-states it. Nothing here imports
-the device's parts (`agent.cli`, `agent.daemon`, `agent.sources`, `agent.inference`, `agent.pipeline`,
-`agent.monitor`) or any other module of `agent.link`; terminal output helpers come from `agent.term`.
+the device's running parts (`agent.cli`, `agent.daemon`, `agent.sources`, `agent.pipeline`, `agent.monitor`,
+`agent.ota`) or any other module of `agent.link`; `bundle pack` uses the inference core (`agent.inference`) and the
+releases the shared release format (`agent.release`); terminal output helpers come from `agent.term`.
 """
 
 from __future__ import annotations

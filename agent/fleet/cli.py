@@ -1,4 +1,6 @@
-"""`edge-fleet`: the operator's view of an edge-agent fleet over MQTT (status table, event stream, commands).
+"""`edge-fleet`: the operator's view of an edge-agent fleet over MQTT (status table, event stream, commands), and
+the operator's offline tools for signed model releases (`keys`, `trust`, `bundle`, `release`: agent/fleet/trust_cli.py
+and release_cli.py), which touch files only and read no connection option.
 
 Exit status: 0 success; 1 an error (connection refused, TLS, no reply, the device answered with an error), one line
 on stderr `edge-fleet: error: ...`; 2 a usage error (argparse's, malformed JSON args); 130 Ctrl-C. Never a traceback
@@ -19,7 +21,7 @@ from rich.live import Live
 
 from agent import __version__
 from agent.errors import AgentError
-from agent.fleet import command
+from agent.fleet import command, release_cli, trust_cli
 from agent.fleet.client import FleetClient
 from agent.fleet.errors import (
     EXIT_ERROR,
@@ -68,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole command tree; connection flags go before or after the subcommand."""
     parser = argparse.ArgumentParser(
         prog="edge-fleet",
-        description="Operate an edge-agent fleet over MQTT: device status, events, commands.",
+        description="Operate an edge-agent fleet over MQTT: device status, events, commands; "
+        "signing keys, TUF trust and signed model releases.",
     )
     parser.add_argument("--version", action="version", version=f"edge-fleet {__version__}")
     add_connection_arguments(parser, suppress=False)
@@ -127,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_connection_arguments(cmd, suppress=True)
     cmd.set_defaults(handler=run_cmd)
 
+    trust_cli.add_commands(sub)
+    release_cli.add_commands(sub)
     from agent.fleet.serve import add_serve_parser  # the block repository (agent/fleet/serve.py)
 
     add_serve_parser(sub)
@@ -231,6 +236,21 @@ def run_cmd(args: argparse.Namespace, options: ConnectOptions) -> int:
     return EXIT_OK
 
 
+# -- keys, trust, bundle, release ----------------------------------------------------------------------------------
+
+
+def run_offline(args: argparse.Namespace) -> int:
+    """Runs a files-only subcommand; a file system error becomes one line naming the file."""
+    try:
+        status: int = args.handler(args)
+        return status
+    except BrokenPipeError:
+        raise
+    except OSError as problem:
+        where = f"{problem.filename}: " if problem.filename else ""
+        raise FleetError(f"{where}{problem.strerror or problem}") from None
+
+
 # -- entry point ------------------------------------------------------------------------------------------------------
 
 
@@ -238,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs one subcommand; returns the process exit status."""
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "offline", False):
+            return run_offline(args)
         options = options_from_args(args, os.environ)
         status: int = args.handler(args, options)
         return status

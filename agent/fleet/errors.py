@@ -45,6 +45,22 @@ class NoReply(FleetError):
     """No reply to a command arrived within the timeout."""
 
 
+class KeyFileError(FleetError):
+    """A key file is missing, unreadable or malformed, or its passphrase is missing or wrong."""
+
+
+class StoreError(FleetError):
+    """The repository store is missing, not initialised, locked, or holds metadata that cannot be read."""
+
+
+class SigningError(FleetError):
+    """The `--sign` keys are not keys of the role, or do not reach its threshold (as python-tuf counts it)."""
+
+
+class ReleaseRefused(FleetError):
+    """A release cannot be published: a version not above the published ones, an archive that is not a bundle."""
+
+
 __all__ = [
     "EXIT_ERROR",
     "EXIT_INTERNAL",
@@ -54,6 +70,10 @@ __all__ = [
     "BrokerRefused",
     "CommandFailed",
     "FleetError",
+    "KeyFileError",
     "NoReply",
+    "ReleaseRefused",
+    "SigningError",
+    "StoreError",
     "UsageError",
 ]
