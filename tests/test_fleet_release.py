@@ -289,18 +289,14 @@ def test_publish_refuses_an_archive_with_an_extra_file(tmp_path: Path, store: Pa
     assert not list((store / "targets").rglob("*.tar"))
 
 
-def test_activation_fraction_that_canonical_json_cannot_sign_is_refused(
+def test_activation_thresholds_are_signed_and_read_back_by_the_client(
     tmp_path: Path, store: Path, keys: Keys
 ) -> None:
-    with pytest.raises(ReleaseRefused, match=r"min_agreement=0\.95: TUF signs canonical JSON"):
-        publish(
-            store,
-            packed(tmp_path),
-            fleet="acme",
-            activation=Activation(min_agreement=0.95),
-            signers=online(keys),
-        )
-    assert list_releases(store) == []
+    # TUF signs canonical JSON, which has no fractions: the thresholds are whole numbers (per mille, ppm, %).
+    activation = Activation(min_agreement_permille=950, max_error_ppm=2_500, trial_s=600, shadow=True)
+    publish(store, packed(tmp_path), fleet="acme", activation=activation, signers=online(keys))
+    (release,) = list_releases(store)
+    assert release.custom.activation == activation
 
 
 def test_metadata_changed_on_disk_after_publish_is_refused_by_the_client(

@@ -277,37 +277,11 @@ def _publish(
 
 
 def signable_custom(custom: ReleaseCustom) -> dict[str, Any]:
-    """`custom.model_dump(mode="json", by_alias=True)` in the form TUF can sign, which reads back as `custom`.
-
-    TUF signs the canonical JSON of its metadata (OLPC canonical JSON, securesystemslib's `encode_canonical`), which
-    has no floating-point numbers, while `Activation` holds floats. So the activation thresholds left at their defaults
-    are left out (the device's `ReleaseCustom` fills in the same defaults), and a whole-number float is written as an
-    integer (a strict float field accepts one). A fraction that is not a default cannot be signed and is refused.
-    """
-    dumped = custom.model_dump(mode="json", by_alias=True)
-    dumped["activation"] = custom.activation.model_dump(mode="json", exclude_defaults=True)
-    data: dict[str, Any] = _whole_numbers(dumped)
-    fractions = sorted(key for key, value in data["activation"].items() if isinstance(value, float))
-    if fractions:
-        key = fractions[0]
-        raise ReleaseRefused(
-            f"--activation {key}={data['activation'][key]}: TUF signs canonical JSON, which has no fractions; only "
-            f"a whole number or the default ({Activation.model_fields[key].default}) can be signed until the release "
-            "format carries this threshold as an integer"
-        )
+    """`custom` as TUF signs it (canonical JSON: whole numbers, which the release format uses throughout)."""
+    data: dict[str, Any] = custom.model_dump(mode="json", by_alias=True)
     if ReleaseCustom.model_validate_json(json.dumps(data)) != custom:
         raise AssertionError("the signable custom does not read back as the release's")
     return data
-
-
-def _whole_numbers(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {key: _whole_numbers(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_whole_numbers(item) for item in value]
-    return value
 
 
 def _check_version(releases: list[ReleaseRow], targets: Targets, name: str, version: int, fleet: str) -> None:

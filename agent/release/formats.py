@@ -68,18 +68,26 @@ class Capabilities(_Strict):
 
 
 class Activation(_Strict):
-    """The thresholds an activation trial applies; signed with the release so a hostile broker cannot weaken them."""
+    """The thresholds an activation trial applies; signed with the release so a hostile broker cannot weaken them.
+
+    Whole numbers only: TUF signs the canonical JSON of its metadata, which has no floating-point numbers, so shares
+    are in per mille or per million and durations in whole seconds.
+    """
 
     shadow: bool = Field(False, description="Run the candidate beside the active model before activating it.")
     shadow_items: int = Field(200, ge=1, description="Live items the shadow comparison needs.")
-    min_agreement: float = Field(0.9, ge=0, le=1, description="Shadow agreement needed to promote.")
-    trial_s: float = Field(300.0, gt=0, description="Length of the trial window after activation, seconds.")
+    min_agreement_permille: int = Field(
+        900, ge=0, le=1000, description="Shadow agreement needed to promote, ‰."
+    )
+    trial_s: int = Field(300, ge=1, description="Length of the trial window after activation, seconds.")
     trial_min_items: int = Field(
         100, ge=1, description="Items the trial needs for a verdict (fewer: inconclusive)."
     )
-    max_error_rate: float = Field(0.01, ge=0, le=1, description="Share of items that may fail in the trial.")
-    max_latency_ratio: float = Field(
-        1.5, gt=0, description="p95 latency allowed, as a multiple of the budget."
+    max_error_ppm: int = Field(
+        10_000, ge=0, le=1_000_000, description="Share of trial items that may fail, ppm."
+    )
+    max_latency_percent: int = Field(
+        150, ge=1, description="p95 latency allowed, in % of the latency budget."
     )
 
 
