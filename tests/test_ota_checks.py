@@ -128,3 +128,31 @@ def test_progress_events_are_throttled_but_the_last_always_passes():
     assert at(50)
     now[0] = 6.5
     assert at(100)
+
+
+def test_recovery_removes_only_what_an_updater_step_left_behind(tmp_path: Path):
+    from agent.ota.install import recover
+
+    layout = Layout(tmp_path)
+    model = layout.model_dir("m")
+    (model / "2").mkdir(parents=True)
+    leftovers = [model / ".3.0123abcd.partial", model / ".3.0123abcd.partial.89abcdef.trash"]
+    for folder in leftovers:
+        (folder / "golden").mkdir(parents=True)
+        (folder / "golden" / "x").write_text("half")
+        (folder / "golden").chmod(0o555)
+        folder.chmod(0o555)  # unpack makes its work folder read-only before renaming it into place
+    (model / "archives").mkdir()
+    (model / "archives" / ".3.blocks.json.abc123.tmp").write_text("{")
+    (model / ".active.tmp").symlink_to("2")  # the daemon's, not the updater's
+    layout.ota_dir.mkdir()
+    keep, stale = "a" * 64, "b" * 64
+    for name in [f"{keep}.part", f"{keep}.bitmap", f"{stale}.part", f"{stale}.blocks.json", "state.json"]:
+        (layout.ota_dir / name).write_text("x")
+    removed = recover(layout, keep)
+    assert sorted(p.name for p in model.iterdir()) == [".active.tmp", "2", "archives"]
+    assert list((model / "archives").iterdir()) == []
+    assert sorted(p.name for p in layout.ota_dir.iterdir()) == sorted(
+        [f"{keep}.part", f"{keep}.bitmap", "state.json"]
+    )
+    assert len(removed) == 5

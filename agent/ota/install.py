@@ -6,13 +6,15 @@ Invariants, whatever instant a SIGKILL or a power cut strikes:
   name and renames it into place) and only from an archive TUF has just verified;
 - the order is: verify the part, unpack it, keep it (index first, then the archive renamed out of ota/); each step
   can be found done or not done by looking at the disk, so `finish` after a restart picks up where it stopped;
-- anything hidden (a name starting with `.`) under models/ is work in progress of a step that died; `recover`
-  removes it, a folder by renaming it to a hidden trash name first, so no removal is ever seen half done.
+- the hidden names the updater makes under models/ (an unpack's work folder, a trash folder, a temp file) are work
+  in progress of a step that died; `recover` removes them, a folder by renaming it to a trash name first, so no
+  removal is ever seen half done.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import tarfile
 import uuid
@@ -124,17 +126,32 @@ def discard_kept(layout: Layout, release: ReleaseId) -> None:
             path.unlink()
 
 
-def recover(layout: Layout, keep_digest: str | None) -> list[str]:
-    """Removes what a step that died left behind; returns what it removed (relative to the state directory).
+UNPACK_LEFTOVER = re.compile(r"^\.\d+\.[0-9a-f]{8}\.partial$")
+"""`agent.release.archive.unpack`'s work folder for models/{name}/{version}/."""
+TRASH = re.compile(r"^\..+\.[0-9a-f]{8}\.trash$")
+"""A folder being removed (renamed first, so no half-removed folder ever has a real name)."""
+ARCHIVE_TEMP = re.compile(r"^\.\d+\.(tar|blocks\.json)\..+\.tmp$")
+"""`write_atomic`'s temp file for a kept archive's index."""
 
-    Hidden entries under models/ and models/*/archives/ (unpacks and removals in progress, temp files), python-tuf's
-    temp files in tuf/, and downloads in ota/ other than `keep_digest`'s."""
+
+def recover(layout: Layout, keep_digest: str | None) -> list[str]:
+    """Removes what an updater step that died left behind; returns what it removed (relative to the state dir).
+
+    Only names the updater makes: unpack work folders and trash folders in models/{name}/, temp files in
+    models/{name}/archives/, python-tuf's temp files in tuf/, and downloads in ota/ other than `keep_digest`'s.
+    Anything else (the daemon's `active`/`previous` links and their temp names) is left alone."""
     removed: list[str] = []
-    for folder in _model_folders(layout):
-        for entry in list(folder.iterdir()):
-            if entry.name.startswith("."):
+    for model in _model_folders(layout):
+        for entry in list(model.iterdir()):
+            if UNPACK_LEFTOVER.match(entry.name) or TRASH.match(entry.name):
                 _remove(entry)
                 removed.append(str(entry.relative_to(layout.state_dir)))
+        archives = model / ARCHIVES
+        if archives.is_dir():
+            for entry in list(archives.iterdir()):
+                if ARCHIVE_TEMP.match(entry.name):
+                    _remove(entry)
+                    removed.append(str(entry.relative_to(layout.state_dir)))
     if layout.tuf_dir.is_dir():
         for entry in layout.tuf_dir.iterdir():
             if entry.name.startswith("tmp") and entry.is_file() and not entry.is_symlink():
@@ -154,13 +171,11 @@ def recover(layout: Layout, keep_digest: str | None) -> list[str]:
 def _model_folders(layout: Layout) -> list[Path]:
     if not layout.models_dir.is_dir():
         return []
-    folders = [layout.models_dir]
-    for model in layout.models_dir.iterdir():
-        if model.is_dir() and not model.is_symlink() and not model.name.startswith("."):
-            folders.append(model)
-            if (model / ARCHIVES).is_dir():
-                folders.append(model / ARCHIVES)
-    return folders
+    return [
+        model
+        for model in layout.models_dir.iterdir()
+        if model.is_dir() and not model.is_symlink() and not model.name.startswith(".")
+    ]
 
 
 def _remove(path: Path) -> None:
@@ -171,7 +186,7 @@ def _remove(path: Path) -> None:
         return
     trash = path
     if not path.name.endswith(".trash"):
-        trash = path.with_name(f".{path.name.lstrip('.')}.{uuid.uuid4().hex[:8]}.trash")
+        trash = path.with_name(f".{path.name.lstrip('.')}.{uuid.uuid4().hex[:8]}.trash")  # matches TRASH
         path.replace(trash)
         fsync_dir(path.parent)
     for entry in [trash, *trash.rglob("*")]:

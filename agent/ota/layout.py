@@ -11,7 +11,8 @@
 {state_dir}/models/{name}/archives/{version}.blocks.json  its block index
 ```
 Names that start with `.` are work in progress (an unpack's `.{version}.xxxxxxxx.partial`, a removal's `.trash`
-folder, `write_atomic`'s temp files) and never count as installed; `agent.ota.install.recover` removes them.
+folder, `write_atomic`'s temp files) and never count as installed; `agent.ota.install.recover` removes the ones the
+updater makes.
 """
 
 from __future__ import annotations
