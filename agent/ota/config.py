@@ -1,0 +1,117 @@
+"""The updater's configuration (`[ota]` in agent.toml once the daemon's config tree includes it). No I/O."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from agent.backoff import BackoffConfig
+from agent.release.formats import MAX_BLOCKS_PER_REQUEST
+
+DEFAULT_TRUST_ROOT = Path("/etc/edge-agent/trust/root.json")
+
+
+def _retry_default() -> BackoffConfig:
+    return BackoffConfig(initial_s=1.0, max_s=30.0, multiplier=2.0, jitter=0.2)
+
+
+class OtaConfig(BaseModel):
+    """Signed model updates over MQTT: trust, transfer and limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        False, title="Enabled", description="Check the desired state and install signed releases."
+    )
+    trust_root: Path = Field(
+        DEFAULT_TRUST_ROOT,
+        title="Bootstrap root",
+        description="TUF root.json the device trusts first; used only until {state_dir}/tuf/root.json exists.",
+    )
+    check_interval_s: float = Field(
+        300.0, gt=0, le=86400, title="Check interval", description="Seconds between update checks."
+    )
+    window_blocks: int = Field(
+        MAX_BLOCKS_PER_REQUEST,
+        ge=1,
+        le=MAX_BLOCKS_PER_REQUEST,
+        title="Window",
+        description="Blocks asked for and not yet received, at most (AWS IoT Core allows 100 unacknowledged).",
+    )
+    request_blocks: int = Field(
+        10,
+        ge=1,
+        le=MAX_BLOCKS_PER_REQUEST,
+        title="Request size",
+        description="Blocks per request on repo/get; a new request goes out as earlier blocks arrive.",
+    )
+    request_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        title="Request deadline",
+        description="Seconds one metadata file or one request of blocks may take; then it is slow retrieval.",
+    )
+    max_tries: int = Field(
+        8,
+        ge=1,
+        le=100,
+        title="Tries per block",
+        description="Requests of one block before the transfer fails.",
+    )
+    retry: BackoffConfig = Field(
+        default_factory=_retry_default,
+        title="Re-request backoff",
+        description="Waits before missing blocks are asked again, seconds (1 s doubling to 30 s, ±20 %).",
+    )
+    data_budget_ratio: float = Field(
+        2.0,
+        ge=1.0,
+        le=100.0,
+        title="Data budget",
+        description="Bytes fetched for one release, at most, as a multiple of its archive's length.",
+    )
+    max_archive_mb: int = Field(
+        1024, ge=1, title="Largest archive", description="Releases with a larger archive are refused, MiB."
+    )
+    reserve_disk_mb: int = Field(
+        64, ge=0, title="Disk reserve", description="Free disk left after an install, at least, MiB."
+    )
+    clock_floor: datetime.date = Field(
+        datetime.date(2024, 1, 1),
+        title="Clock floor",
+        description="No metadata is trusted while the clock reads earlier than this date (a device without RTC "
+        "boots in 1970).",
+    )
+    progress_interval_s: float = Field(
+        5.0,
+        ge=0,
+        title="Progress events",
+        description="Seconds between `downloading` progress events, at least.",
+    )
+    checkpoint_blocks: int = Field(
+        16,
+        ge=1,
+        le=10000,
+        title="Checkpoint",
+        description="Blocks written between two fsyncs of the partial file and its bitmap.",
+    )
+
+    @model_validator(mode="after")
+    def _request_fits_the_window(self) -> OtaConfig:
+        if self.request_blocks > self.window_blocks:
+            raise ValueError(
+                f"request_blocks ({self.request_blocks}) must not exceed window_blocks ({self.window_blocks})"
+            )
+        return self
+
+    @property
+    def clock_floor_s(self) -> float:
+        """The clock floor as seconds since the epoch (UTC midnight)."""
+        midnight = datetime.datetime.combine(self.clock_floor, datetime.time(), tzinfo=datetime.timezone.utc)
+        return midnight.timestamp()
+
+
+__all__ = ["DEFAULT_TRUST_ROOT", "OtaConfig"]
