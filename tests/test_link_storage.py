@@ -294,12 +294,12 @@ def test_disk_at_100_percent_evicts_results_and_telemetry_to_keep_events(
         assert link.publish_result({"pad": "r" * 2000}, seq=seq)
         assert link.publish_telemetry({"pad": "t" * 2000})
     link.outbox.maintain(force_checkpoint=True)  # what the link's upkeep does every 0.5 s
-    fill(state)  # 100 % full, with results and telemetry queued
+    filler = fill(state)  # 100 % full, with results and telemetry queued
     sent = [Event(type="anomaly", message=f"event {i}", evidence={"pad": "e" * 800}) for i in range(600)]
     refused = [event.id for event in sent if not link.publish_event(event)]
     stats = link.stats()["outbox"]
     print(
-        f"at 100 % full: rows {stats['rows']}, held in memory {stats['held_rows']}, dropped {stats['dropped']}"
+        f"at 100 % full: rows {stats['rows']}, held in memory {stats.get('held_rows')}, dropped {stats['dropped']}"
     )
     assert not refused, (len(refused), stats["dropped"], stats["rows"])
     assert stats["dropped"].get("event", {}) == {}, stats["dropped"]
@@ -320,6 +320,10 @@ def test_disk_at_100_percent_evicts_results_and_telemetry_to_keep_events(
         arrived.setdefault(event.id, None)
     assert [i for i in arrived if i in wanted] == [e.id for e in sent]
     assert any(e.severity == "critical" and e.evidence.get("storage") == "full" for e in events_in(watcher))
+    filler.unlink()  # room again: the reserve is made again and the condition clears
+    wait_until(lambda: link.stats()["outbox"]["storage"] == "ok", RECOVERY_S, "the reserve made again")
+    assert (state / "outbox.sqlite.ballast").is_file()
+    assert "was full" in wait_event(watcher, lambda e: e.type == "error" and e.severity == "info").message
 
 
 @pytest.mark.parametrize("damage", ["not_a_database", "truncated"])

@@ -30,11 +30,15 @@ by a newer row), full (refused: no room within `max_bytes`), too_large, expired,
 it), disk_full / error (the database could not take it and memory had no room either), closed (held in memory at
 `close` and nothing could store it).
 
-A full disk never raises and, while lower classes hold room, never costs an event: on SQLITE_FULL the outbox gives back
-its reserve (`reserve_bytes`, the ballast file, ballast.py), evicts results and telemetry (and older rows of the same
-class for results and telemetry) to free whole pages, checkpoints, and retries; what still cannot be stored is held
-in memory. The storage condition (`storage()`: ok, read-only, full, unavailable, with the reason) is full from the
-first SQLITE_FULL until the reserve could be made again.
+A full disk never raises and, while lower classes hold room, never costs an event. In WAL mode even a DELETE needs
+room, so: on SQLITE_FULL the outbox gives back its reserve (`reserve_bytes`, the ballast file, ballast.py) and
+checkpoints, so that the WAL starts over in its own file (the reserve covers what the checkpoint adds to the
+database: below LOW_SPACE_BYTES free the outbox checkpoints every quarter reserve stored); from then on each row goes
+into free pages of the file, made by evicting results and telemetry (older rows of the same class too, for results
+and telemetry; events are never evicted for the disk), so neither the insert nor the next checkpoint grows the file.
+What still cannot be stored is held in memory. The storage condition (`storage()`: ok, read-only, full, unavailable,
+with the reason; every change is kept for `take_storage_changes`) is full from the first SQLITE_FULL until the
+reserve can be made again.
 
 Durability bound:
 - process crash (SIGKILL, OOM kill): nothing that `put` stored in the database is lost; each put is its own committed
@@ -50,7 +54,7 @@ about 40-60 µs with sync normal and about 200 µs with sync full.
 
 Thread safety: one lock for puts, reads, claims and deletes (the loop thread puts, the link thread drains and acks,
 the upkeep thread retries); opening a database happens outside it; checkpoints use a second connection outside it,
-so an fsync never stalls a put.
+so an fsync never stalls another put (only on a full disk does a put checkpoint inside it, to make room).
 """
 
 from __future__ import annotations
@@ -530,12 +534,13 @@ class Outbox:
         now = time.monotonic()
         with self._lock:
             retry = not self._writable and now >= self._next_retry
-            remake = self._writable and self._full_seen
+            full = self._full_seen
+            remake = self._writable and (full or not self._ballast.present)
         if retry:
             with self._lock:
                 self._next_retry = now + self._retry.next_delay()
             self.retry_storage()
-        elif remake and self._ballast.ensure():
+        elif remake and self._ballast.ensure() and full:  # the reserve is back: the disk has room again
             with self._lock:
                 if self._writable:
                     self._recovered()
