@@ -1,4 +1,5 @@
-"""The durable outbox on its own: order, acks, byte and age bounds, a full disk, SIGKILL, speed, threads."""
+"""The durable outbox on its own: order, acks, byte and age bounds, a full disk, SIGKILL, speed, threads, and rows
+held in memory while the state directory cannot be written."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ from pathlib import Path
 import pytest
 
 from agent.link import Outbox, OutboxConfig, OutboxError
+
+pytest.register_assert_rewrite("mounts")
+from mounts import Mounts  # noqa: E402
+
+pytest_plugins = ["mounts"]
 
 
 class Clock:
@@ -137,12 +143,14 @@ def test_expired_rows_are_dropped_and_counted(tmp_path: Path) -> None:
 
 
 def test_full_disk_is_counted_and_never_raises(tmp_path: Path) -> None:
-    with Outbox(tmp_path / "o.sqlite") as outbox:
+    with Outbox(tmp_path / "o.sqlite", OutboxConfig(memory_max_bytes=200_000)) as outbox:
         for _ in range(20):
             outbox.put("telemetry", "t", b"t" * 3000)
-        pages = outbox._db.execute("PRAGMA page_count").fetchone()[0]
-        # The database may not grow past its current size: a full disk, as SQLite sees it.
-        outbox._db.execute(f"PRAGMA max_page_count={pages}")
+        assert outbox._store is not None
+        database = outbox._store.db
+        pages = database.execute("PRAGMA page_count").fetchone()[0]
+        # The database may not grow past its current size: a full disk, as SQLite sees it (on this connection).
+        database.execute(f"PRAGMA max_page_count={pages}")
         # Events still get in: telemetry rows are evicted and their pages reused.
         for _ in range(10):
             assert outbox.put("event", "e", b"e" * 3000)
@@ -150,17 +158,21 @@ def test_full_disk_is_counted_and_never_raises(tmp_path: Path) -> None:
         assert stats.rows["event"] == 10
         assert stats.dropped["telemetry"].get("evicted", 0) >= 10
         assert stats.dropped["event"] == {}
-        # A row that cannot fit even if everything were evicted is dropped and counted; nothing raises,
-        # and what was stored stays.
-        assert outbox.put("event", "e", b"E" * 500_000) is False
+        # A row that cannot fit even if everything were evicted is held in memory (never raises; what was stored
+        # stays); one that does not fit in memory either is dropped and counted.
+        assert outbox.put("event", "e", b"E" * 150_000) is True
+        assert outbox.put("event", "e", b"E" * 300_000) is False
         stats = outbox.stats()
         assert stats.dropped["event"] == {"disk_full": 1}
-        assert stats.disk_full is True
-        assert stats.rows["event"] == 10
-        # Delivering frees space; the outbox recovers by itself.
+        assert stats.disk_full is True and stats.storage == "full"
+        assert stats.rows["event"] == 11 and stats.held_rows["event"] == 1
+        # Delivering frees space; the outbox recovers by itself (the upkeep retries) and stores on disk again.
         outbox.ack(r.id for r in outbox.pending(1000))
+        assert outbox.retry_storage()
         assert outbox.put("event", "e", b"after")
-        assert outbox.stats().disk_full is False
+        stats = outbox.stats()
+        assert stats.disk_full is False and stats.storage == "ok"
+        assert stats.held_rows["event"] == 0 and [r.payload for r in outbox.pending(10)] == [b"after"]
 
 
 def test_disk_full_from_the_os_is_recognised() -> None:
@@ -248,3 +260,67 @@ def test_concurrent_puts_and_drains_lose_nothing(tmp_path: Path) -> None:
     thread.join(30)
     outbox.close()
     assert delivered == [b"%d" % i for i in range(3000)]
+
+
+# -- a state directory that cannot be written (real mounts: tests/mounts.py) -----------------------------------------
+
+
+def test_while_the_database_cannot_be_written_memory_keeps_events_first(
+    mounts: Mounts, tmp_path: Path
+) -> None:
+    state = mounts.read_only(tmp_path / "state")
+    with Outbox(state / "o.sqlite", OutboxConfig(memory_max_bytes=10_000)) as outbox:
+        assert outbox.storage().condition == "read-only"
+        payload = b"x" * 999  # 1000 bytes with the 1-byte topic
+        for kind in ("telemetry", "telemetry", "telemetry", "result", "result", "result", "event", "event"):
+            assert outbox.put(kind, "t", payload)  # type: ignore[arg-type]
+        for _ in range(4):  # 2 more events fit, then the 2 oldest telemetry rows are evicted
+            assert outbox.put("event", "t", payload)
+        stats = outbox.stats()
+        assert stats.held_rows == stats.rows == {"event": 6, "result": 3, "telemetry": 1}
+        assert stats.dropped["telemetry"] == {"evicted": 2} and stats.held_bytes <= 10_000
+        assert [row.kind for row in outbox.pending(100)] == ["event"] * 6 + ["result"] * 3 + ["telemetry"]
+        for _ in range(4):  # telemetry gone, then results go; never an event
+            assert outbox.put("event", "t", payload)
+        assert outbox.stats().held_rows == {"event": 10, "result": 0, "telemetry": 0}
+        assert not outbox.put("result", "t", payload)  # a lower class never evicts a higher one
+        assert outbox.stats().dropped["result"] == {"evicted": 3, "error": 1}
+        assert outbox.stats().dropped["event"] == {}
+
+
+def test_rows_in_flight_from_memory_are_neither_skipped_nor_repeated_once_written_to_the_database(
+    mounts: Mounts, tmp_path: Path
+) -> None:
+    state = mounts.read_only(tmp_path / "state")
+    config = OutboxConfig.model_validate({"retry": {"initial_s": 0.01, "max_s": 0.01}})
+    with Outbox(state / "o.sqlite", config) as outbox:
+        for i in range(6):
+            assert outbox.put("event", "e", b"e%d" % i)
+        assert outbox.put("telemetry", "t", b"t0")
+        first = outbox.claim(2)  # e0 and e1 go out from memory
+        assert [row.payload for row in first] == [b"e0", b"e1"] and all(row.id < 0 for row in first)
+        mounts.writable(state)
+        assert outbox.retry_storage()  # what the upkeep does: memory written to the database, in order
+        assert outbox.storage().condition == "ok" and outbox.stats().held_bytes == 0
+        assert outbox.put("event", "e", b"e6")
+        following = outbox.claim(3)
+        assert [row.payload for row in following] == [
+            b"e2",
+            b"e3",
+            b"e4",
+        ]  # e0 and e1 not again, none skipped
+        assert outbox.ack([first[0].id]) == 1  # the ack of a row sent from memory finds it in the database
+        outbox.unclaim(following[1:])  # paho did not take e3 and e4: they go next
+        assert [row.payload for row in outbox.claim(10)] == [b"e3", b"e4", b"e5", b"e6", b"t0"]
+        outbox.release()  # the connection is lost: everything not acknowledged goes again, in order
+        assert [row.payload for row in outbox.claim(10)] == [b"e1", b"e2", b"e3", b"e4", b"e5", b"e6", b"t0"]
+    with Outbox(state / "o.sqlite") as reopened:  # and it is on disk
+        assert [row.payload for row in reopened.pending(10)] == [
+            b"e1",
+            b"e2",
+            b"e3",
+            b"e4",
+            b"e5",
+            b"e6",
+            b"t0",
+        ]

@@ -44,7 +44,8 @@ if TYPE_CHECKING:
         TlsFailure,
         TopicError,
     )
-    from agent.link.outbox import Outbox, OutboxStats, open_outbox
+    from agent.link.outbox import Outbox, open_outbox
+    from agent.link.outboxstats import OutboxStats, StorageStatus
     from agent.link.payloads import (
         COMMAND_ARGS,
         SCHEMA,
@@ -91,7 +92,7 @@ _MODULES = {
     "Outbox": "agent.link.outbox",
     "OutboxConfig": "agent.link.config",
     "OutboxError": "agent.link.errors",
-    "OutboxStats": "agent.link.outbox",
+    "OutboxStats": "agent.link.outboxstats",
     "PayloadError": "agent.link.errors",
     "PublishFailed": "agent.link.errors",
     "Result": "agent.link.payloads",
@@ -103,6 +104,7 @@ _MODULES = {
     "SetResultsPolicyArgs": "agent.link.payloads",
     "SnapshotArgs": "agent.link.payloads",
     "Status": "agent.link.payloads",
+    "StorageStatus": "agent.link.outboxstats",
     "Telemetry": "agent.link.payloads",
     "TelemetryConfig": "agent.link.config",
     "TelemetrySource": "agent.link.client",
@@ -163,6 +165,7 @@ __all__ = [
     "SetResultsPolicyArgs",
     "SnapshotArgs",
     "Status",
+    "StorageStatus",
     "Telemetry",
     "TelemetryConfig",
     "TelemetrySource",

@@ -4,11 +4,16 @@ Threads (started by `start`, never at import; all stopped by `stop` through one 
 - `link-net` (session.py): the only thread that calls paho: connects, drains the outbox, publishes replies.
 - `link-commands`: runs command handlers and subscription handlers, one at a time, from a bounded queue, so a slow
   handler never stalls the network; a full queue drops the request and counts it (`busy`).
-- `link-upkeep`: every `UPKEEP_S`: expires and checkpoints the outbox, takes telemetry snapshots when due, and turns
-  new outbox drops into one `error` event (at most one a minute).
+- `link-upkeep`: every `UPKEEP_S`: expires and checkpoints the outbox and retries its storage when it failed (with
+  backoff), takes telemetry snapshots when due, turns new outbox drops into one `error` event (at most one a minute),
+  and reports the outbox's storage condition: one `critical` `error` event when it cannot store normally (read-only,
+  full, unavailable), one `info` event when it recovers, and the retained status republished with `storage` (absent
+  when ok); a corrupt outbox moved aside is one `error` event with the number of rows it held.
 
 Invariants: `publish_event`, `publish_result` and `publish_telemetry` only write to the outbox: they never wait on
-the network and never raise for a full disk or a broken link (they return False and count it). A disabled link
+the network and never raise for a full disk, an unwritable state directory or a broken link (they return False and count it; while
+the outbox cannot write, rows are held in memory up to `outbox.memory_max_bytes` and still sent). The link starts
+and serves (status, commands, publishing) whatever the state directory's condition. A disabled link
 (`enabled = false`) stores nothing and starts no thread; its state is `disabled`. Commands arrive on
 `devices/{device}/cmd/+`; the reply goes to the request's MQTT 5 response topic with its correlation data, or to
 `devices/{device}/cmd/{name}/reply` when the request names none.
@@ -22,6 +27,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +95,8 @@ class Link:
         self._sources: dict[str, str] = {}
         self._telemetry_seq = 0
         self._publish_errors = 0
+        self._storage_was = "ok"
+        self._storage_moved = 0
         self._subscriptions: list[tuple[str, MessageHandler, int]] = []
         self._work: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=config.commands.queue_max)
         self._threads: list[threading.Thread] = []
@@ -108,6 +116,7 @@ class Link:
         if self._threads:
             return
         password = resolve_password(self.config, self._environ)
+        self.birth.probe()  # before the first connection: an unwritable state directory means clock-based births
         self._session = Session(
             self.config,
             self.topics,
@@ -222,7 +231,7 @@ class Link:
             self._telemetry_seq += 1
         stats = self.outbox.stats() if self.outbox is not None else None
         state = self.state()
-        link = {
+        link: dict[str, Any] = {
             "state": state.state,
             "reconnects": state.reconnects,
             "outbox_rows": stats.total_rows if stats else 0,
@@ -230,6 +239,12 @@ class Link:
             "outbox_dropped": stats.dropped if stats else {},
             "commands": self.router.stats(),
         }
+        if stats is not None:
+            link["storage"] = stats.storage
+            if stats.storage != "ok":
+                link["storage_reason"] = stats.storage_reason
+            link["outbox_held_rows"] = sum(stats.held_rows.values())
+            link["outbox_held_bytes"] = stats.held_bytes
         try:
             payload = Telemetry(
                 device=self.topics.device,
@@ -283,6 +298,8 @@ class Link:
     def _status_payload(self, state: str, birth: int, reason: str | None) -> bytes:
         with self._lock:
             model, sources = self._model, dict(self._sources)
+        storage = self.outbox.storage() if self.outbox is not None else None
+        failing = storage is not None and storage.condition != "ok"
         return Status(
             state="online" if state == "online" else "offline",
             device=self.topics.device,
@@ -293,6 +310,8 @@ class Link:
             sources=sources,
             boot_time=self._boot_time,
             reason=reason,
+            storage=storage.condition if failing and storage is not None else None,
+            storage_reason=storage.reason if failing and storage is not None else None,
         ).to_bytes()
 
     # -- inbound ---------------------------------------------------------------------------------------------------
@@ -367,8 +386,9 @@ class Link:
         next_telemetry = time.monotonic() + min(FIRST_TELEMETRY_S, self.config.telemetry.interval_s)
         next_report = time.monotonic() + DROP_REPORT_S
         reported = 0
-        while not self._stop.wait(UPKEEP_S):
-            if self.outbox is None:
+        while self.outbox is not None:
+            self._report_storage()
+            if self._stop.wait(UPKEEP_S):
                 return
             self.outbox.maintain()
             now = time.monotonic()
@@ -388,6 +408,61 @@ class Link:
             return
         self.publish_telemetry(metrics)
 
+    def _report_storage(self) -> None:
+        """Publishes corrupt outboxes found, and one event per change of the storage condition."""
+        assert self.outbox is not None
+        for corrupt in self.outbox.take_corrupt():
+            rows: int | str = "unknown" if corrupt.rows is None else corrupt.rows
+            lost = (
+                "an unknown number of"
+                if corrupt.rows is None
+                else f"{'' if corrupt.exact else 'about '}{rows}"
+            )
+            self.publish_event(
+                Event(
+                    type="error",
+                    severity="error",
+                    message=f"outbox was corrupt ({corrupt.problem}): moved aside, {lost} queued messages lost",
+                    evidence={
+                        "path": str(corrupt.path),
+                        "moved_to": str(corrupt.moved_to),
+                        "rows": rows,
+                        "counted": "exact" if corrupt.exact else "from the pages that remain",
+                        "problem": corrupt.problem,
+                    },
+                )
+            )
+        changes = self.outbox.take_storage_changes()
+        if not changes:
+            return
+        now = self.outbox.storage()
+        for change in changes:
+            change = replace(change, held_rows=now.held_rows, held_bytes=now.held_bytes)
+            evidence: dict[str, Any] = {
+                "storage": change.condition,
+                "reason": change.reason,
+                "held_rows": change.held_rows,
+                "held_bytes": change.held_bytes,
+                "memory_max_bytes": change.memory_max_bytes,
+                "path": str(self.outbox.path),
+            }
+            if change.condition == "ok":
+                moved, self._storage_moved = change.moved - self._storage_moved, change.moved
+                message = (
+                    f"{change.describe()} (was {self._storage_was}); {moved} messages written from memory"
+                )
+                self.publish_event(Event(type="error", severity="info", message=message, evidence=evidence))
+            else:
+                self._storage_moved = change.moved
+                self.publish_event(
+                    Event(type="error", severity="critical", message=change.describe(), evidence=evidence)
+                )
+            self._storage_was = change.condition
+        if changes[-1].condition == "ok":
+            self.birth.retry()
+        if self._session is not None:
+            self._session.request_status()
+
     def _report_drops(self, reported: int) -> int:
         """Publishes one event when the outbox dropped messages since the last report; returns the new total."""
         assert self.outbox is not None
@@ -403,6 +478,7 @@ class Link:
                         "dropped": stats.dropped,
                         "disk_full": stats.disk_full,
                         "max_bytes": stats.max_bytes,
+                        "storage": stats.storage,
                     },
                 )
             )

@@ -80,6 +80,16 @@ class LinkBackoffConfig(BackoffConfig):
     jitter: Jitter = 0.5
 
 
+class OutboxRetryConfig(BackoffConfig):
+    """Delays between attempts to open or write the outbox database again after a storage failure.
+
+    1 s doubling up to 30 s, ±20 %: a remounted or cleaned-up state directory is found within half a minute."""
+
+    initial_s: InitialSeconds = 1.0
+    max_s: MaxSeconds = 30.0
+    jitter: Jitter = 0.2
+
+
 class TelemetryConfig(BaseModel):
     """Periodic metrics snapshots."""
 
@@ -210,6 +220,22 @@ class OutboxConfig(BaseModel):
         gt=0,
         description="With sync normal, seconds between WAL checkpoints (each one makes prior puts durable).",
     )
+    memory_max_bytes: int = Field(
+        1024 * 1024,
+        ge=0,
+        description="While the database cannot be written (read-only, full, missing): payload bytes held in memory "
+        "at most, events kept first, sent from memory and written to the database once it can be; 0: none.",
+    )
+    reserve_bytes: int = Field(
+        256 * 1024,
+        ge=0,
+        description="Disk reserve next to the database (NAME.ballast), given back when the disk is full so that lower "
+        "classes can still be evicted for events; made again when the disk has twice that free; 0: none.",
+    )
+    retry: OutboxRetryConfig = Field(
+        default_factory=OutboxRetryConfig,
+        description="Delays between attempts to open or write the database again after a failure (1 s to 30 s).",
+    )
 
     def resolve_path(self, state_dir: Path) -> Path:
         """The database file: `path`, or `state_dir/outbox.sqlite`."""
@@ -252,6 +278,7 @@ __all__ = [
     "LinkBackoffConfig",
     "LinkConfig",
     "OutboxConfig",
+    "OutboxRetryConfig",
     "TelemetryConfig",
     "TlsConfig",
     "resolve_password",

@@ -30,7 +30,13 @@ class CommandError(LinkError):
 
 
 class OutboxError(LinkError):
-    """The outbox database cannot be opened or is unusable (a full disk is counted, not raised)."""
+    """The outbox database cannot be opened or is unusable; `cause` is the underlying error, when there is one.
+
+    The outbox itself never raises it for storage failures (it holds rows in memory and retries); opening does."""
+
+    def __init__(self, reason: str, cause: BaseException | None = None) -> None:
+        super().__init__(reason)
+        self.cause = cause
 
 
 class LinkSetupError(LinkError):

@@ -1,40 +1,60 @@
 """The durable outbox: messages wait here (SQLite, WAL) until the broker acknowledges them.
 
 Order: messages leave by class, then by insertion: every waiting event before any result, every result before any
-telemetry; within a class, strictly in the order `put` stored them (the row id, AUTOINCREMENT, never reused). A
-higher class therefore overtakes a backlog of a lower one, which is what an operator wants after an outage.
+telemetry; within a class, strictly in the order `put` stored them. A higher class therefore overtakes a backlog of a
+lower one, which is what an operator wants after an outage.
+
+Where rows live: in the database (ids > 0, AUTOINCREMENT, never reused) while it can be written; while it cannot
+(read-only, full, missing, corrupt and not replaceable) every new row is held in memory instead (ids < 0, bounded by
+`memory_max_bytes`), sent from there when connected, and written to the database, oldest first, once it can be again
+(the upkeep retries opening and writing with backoff, `OutboxConfig.retry`, never a put). Puts go to memory as long as
+any row is held, so within a class every stored row comes before every held one and the order is kept across both.
+
+Handing out: `claim` gives the next rows not yet handed out (a cursor per class over the database, plus the ids
+handed out above it; a flag per held row), `unclaim` gives back rows paho did not take, `release` (the connection was
+lost) forgets what was handed out, so sending resumes from the oldest row still waiting. A held row moved into the
+database while in flight keeps its old id for its ack (an alias). `pending` is a read-only look in send order.
 
 Delivery is at least once: a row is deleted only when the broker acknowledges it (PUBACK for QoS 1, or when paho hands
-a QoS 0 message to the socket), so a crash or a lost connection between the send and the ack sends it again. Events
-carry a unique id for receivers to dedupe on.
+a QoS 0 message to the socket), so a crash or a lost connection between the send and the ack sends it again. A stored
+row acknowledged while the database cannot be written is remembered and deleted once it can (a restart before that
+sends it again). Events carry a unique id for receivers to dedupe on.
 
 Bounds, checked on every put:
-- bytes (payload + topic) at most `max_bytes`: to make room, rows of the lowest class are evicted first, oldest first
-  within it, and never rows of a higher class than the incoming one; if that cannot free enough, the incoming row is
-  refused. A row larger than the whole bound is refused.
+- bytes (payload + topic) in the database at most `max_bytes`, in memory at most `memory_max_bytes`: to make room,
+  rows of the lowest class are evicted first, oldest first within it, and never rows of a higher class than the
+  incoming one; if that cannot free enough, the incoming row is refused. A row larger than `max_bytes` is refused.
 - age: rows older than `max_age_s` (wall clock) are deleted by `maintain`.
 Every row that leaves without an ack is counted in `stats().dropped[kind][reason]`, reason one of: evicted (pushed out
-by a newer row), full (refused: no room), too_large, expired, rejected (the broker or paho refused it), disk_full,
-error (another database error), closed.
+by a newer row), full (refused: no room within `max_bytes`), too_large, expired, rejected (the broker or paho refused
+it), disk_full / error (the database could not take it and memory had no room either), closed (held in memory at
+`close` and nothing could store it).
 
-A full disk ("database or disk is full", ENOSPC) never raises: the outbox evicts lower classes to reuse their pages and
-retries once; if that fails the row is dropped, counted as disk_full, `stats().disk_full` is set until a put succeeds
-again, and a warning is logged (rate-limited). Any other database error is counted the same way under `error`.
+A full disk never raises and, while lower classes hold room, never costs an event. In WAL mode even a DELETE needs
+room, so: on SQLITE_FULL the outbox gives back its reserve (`reserve_bytes`, the ballast file, ballast.py) and
+checkpoints, so that the WAL starts over in its own file (the reserve covers what the checkpoint adds to the
+database: below LOW_SPACE_BYTES free the outbox checkpoints every quarter reserve stored); from then on each row goes
+into free pages of the file, made by evicting results and telemetry (older rows of the same class too, for results
+and telemetry; events are never evicted for the disk), so neither the insert nor the next checkpoint grows the file.
+What still cannot be stored is held in memory. The storage condition (`storage()`: ok, read-only, full, unavailable,
+with the reason; every change is kept for `take_storage_changes`) is full from the first SQLITE_FULL until the
+reserve can be made again.
 
 Durability bound:
-- process crash (SIGKILL, OOM kill): nothing that `put` returned True for is lost; each put is its own committed
-  transaction, in the WAL file, which the OS keeps once the write() returned.
+- process crash (SIGKILL, OOM kill): nothing that `put` stored in the database is lost; each put is its own committed
+  transaction, in the WAL file, which the OS keeps once the write() returned. Rows held in memory are lost.
 - power cut, `sync = "normal"` (default): SQLite does not fsync on commit, so the puts since the last checkpoint can be
   lost: at most `checkpoint_interval_s` (default 5 s) of messages, plus a WAL auto-checkpoint's worth at 1000 pages.
   `maintain` checkpoints (which fsyncs the WAL) when something was written. The database itself stays consistent.
-- power cut, `sync = "full"`: every commit is fsynced; nothing that `put` returned True for is lost (slower: one
+- power cut, `sync = "full"`: every commit is fsynced; nothing that `put` stored in the database is lost (slower: one
   fsync per put, and more SD card wear).
 - acks are deletes: a power cut can undo recent deletes, which only re-sends (duplicates), never loses.
 Measured on the development machine (scripts/bench_link.py, tests/test_outbox.py): `put` of a 200-byte event takes
 about 40-60 µs with sync normal and about 200 µs with sync full.
 
-Thread safety: one connection behind one lock for puts, reads and deletes (the loop thread puts, the link thread
-drains and acks); checkpoints use a second connection outside that lock, so an fsync never stalls a put.
+Thread safety: one lock for puts, reads, claims and deletes (the loop thread puts, the link thread drains and acks,
+the upkeep thread retries); opening a database happens outside it; checkpoints use a second connection outside it,
+so an fsync never stalls another put (only on a full disk does a put checkpoint inside it, to make room).
 """
 
 from __future__ import annotations
@@ -45,78 +65,30 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
 
+from agent.backoff import Backoff
+from agent.link.ballast import Ballast, free_bytes
 from agent.link.config import OutboxConfig
+from agent.link.dbstore import DbStore
 from agent.link.errors import OutboxError
-from agent.link.sqlitedb import is_disk_full, open_database
+from agent.link.handout import Handout
+from agent.link.held import HeldRows
+from agent.link.kinds import KINDS, PRIORITY, Kind, OutboxRow
+from agent.link.outboxstats import OutboxStats, StorageStatus
+from agent.link.payloads import StorageCondition
+from agent.link.sqlitedb import Corrupt, classify, is_disk_full, open_database, open_readonly
 
 log = logging.getLogger("agent.link")
 
-Kind = Literal["event", "result", "telemetry"]
-PRIORITY: dict[str, int] = {"event": 0, "result": 1, "telemetry": 2}
-"""Send order and keep order: a lower number leaves first and is evicted last."""
-KINDS: tuple[Kind, ...] = ("event", "result", "telemetry")
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    """One waiting message."""
-
-    id: int
-    kind: Kind
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    created: float
-
-
-@dataclass
-class OutboxStats:
-    """Depth, bound and drops of the outbox."""
-
-    rows: dict[str, int]
-    bytes: dict[str, int]
-    max_bytes: int
-    dropped: dict[str, dict[str, int]]
-    puts: int
-    disk_full: bool
-    errors: int
-    oldest_age_s: float | None = None
-    path: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def total_rows(self) -> int:
-        """Rows waiting, all classes."""
-        return sum(self.rows.values())
-
-    @property
-    def total_bytes(self) -> int:
-        """Bytes waiting, all classes."""
-        return sum(self.bytes.values())
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (for telemetry and get-status)."""
-        return {
-            "rows": dict(self.rows),
-            "bytes": dict(self.bytes),
-            "total_rows": self.total_rows,
-            "total_bytes": self.total_bytes,
-            "max_bytes": self.max_bytes,
-            "dropped": {kind: dict(reasons) for kind, reasons in self.dropped.items() if reasons},
-            "puts": self.puts,
-            "disk_full": self.disk_full,
-            "errors": self.errors,
-            "oldest_age_s": self.oldest_age_s,
-        }
+LOW_SPACE_BYTES = 16 * 1024 * 1024
+"""Below this much free disk the outbox checkpoints every quarter reserve of rows stored (see `_tight`)."""
+MOVE_BATCH = 256
+"""Held rows written to the database per transaction when it can be written again (the lock is let go between)."""
 
 
 class Outbox:
-    """A bounded, prioritized, durable queue of MQTT messages."""
+    """A bounded, prioritized, durable queue of MQTT messages, held in memory while its disk fails."""
 
     def __init__(
         self, path: Path, config: OutboxConfig | None = None, clock: Callable[[], float] = time.time
@@ -125,39 +97,51 @@ class Outbox:
         self.config = config or OutboxConfig()
         self._clock = clock
         self._lock = threading.Lock()
-        self._rows = dict.fromkeys(KINDS, 0)
-        self._bytes = dict.fromkeys(KINDS, 0)
         self._dropped: dict[str, dict[str, int]] = {kind: {} for kind in KINDS}
         self._puts = 0
         self._errors = 0
-        self._disk_full = False
         self._dirty = False
         self._last_checkpoint = 0.0
-        self._last_warning = 0.0
+        self._unchecked = 0
+        """Bytes stored since the last checkpoint: a checkpoint may have to grow the file by about that much."""
+        self._tight = False
+        """Free disk is below LOW_SPACE_BYTES: checkpoint every reserve_bytes / 4 stored, so that on a full disk the
+        reserve covers the checkpoint that lets the WAL start over (the checkpoint adds the new pages to the file)."""
+        self._checkpoint_lock = threading.Lock()
         self._closed = False
-        self._db = open_database(self.path, self.config.sync, self._clock)
+        self._store: DbStore | None = None
+        self._held = HeldRows(self.config.memory_max_bytes)
+        self._held_seq = 0
+        self._moved = 0
+        self._writable = False
+        self._full_seen = False
+        self._condition: StorageCondition = "ok"
+        self._reason: str | None = None
+        self._since = clock()
+        self._retry = Backoff(self.config.retry)
+        self._next_retry = 0.0
+        self._out = Handout()
+        self._corrupt: list[Corrupt] = []
+        self._changes: list[StorageStatus] = []
+        self._ballast = Ballast(path.with_name(f"{path.name}.ballast"), self.config.reserve_bytes)
         self._checkpointer: sqlite3.Connection | None = None
-        self._recount()
-
-    def _recount(self) -> None:
+        fresh, problem = self._open()
         with self._lock:
-            self._rows = dict.fromkeys(KINDS, 0)
-            self._bytes = dict.fromkeys(KINDS, 0)
-            for prio, count, size in self._db.execute(
-                "SELECT prio, count(*), coalesce(sum(size), 0) FROM outbox GROUP BY prio"
-            ):
-                kind = KINDS[prio]
-                self._rows[kind], self._bytes[kind] = int(count), int(size)
+            if fresh is not None:
+                self._attach(fresh)
+            else:
+                assert problem is not None
+                self._degrade(problem)
+                self._fall_back_to_reading()
 
     # -- writing -------------------------------------------------------------------------------------------------
 
     def put(self, kind: Kind, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
-        """Stores a message to send; False if it was dropped (counted in stats), never raises for a full disk."""
+        """Stores a message to send; False if it was dropped (counted in stats); never raises for a storage failure."""
         if kind not in PRIORITY:
             raise OutboxError(f"unknown outbox kind {kind!r}; expected one of {', '.join(KINDS)}")
         if qos not in (0, 1, 2):
             raise OutboxError(f"invalid QoS {qos!r}")
-        prio = PRIORITY[kind]
         size = len(payload) + len(topic.encode("utf-8"))
         with self._lock:
             if self._closed:
@@ -166,133 +150,332 @@ class Outbox:
             if size > self.config.max_bytes:
                 self._count_drop(kind, "too_large")
                 return False
-            if self._total_bytes() + size > self.config.max_bytes and not self._make_room(size, prio):
-                self._count_drop(kind, "full")
-                return False
-            row = (prio, topic, payload, qos, int(retain), size, self._clock())
-            for attempt in (1, 2):
-                try:
-                    self._db.execute(
-                        "INSERT INTO outbox (prio, topic, payload, qos, retain, size, created) VALUES (?,?,?,?,?,?,?)",
-                        row,
-                    )
-                except (sqlite3.Error, OSError) as problem:
-                    self._rollback()
-                    if attempt == 1 and is_disk_full(problem) and self._make_room(size, prio, force=True):
-                        continue
-                    self._storage_failed(kind, problem)
+            created = self._clock()
+            stored: bool | BaseException = False
+            if self._writable and self._store is not None:
+                stored = self._put_in_database(self._store, kind, topic, payload, qos, retain, size, created)
+                if stored is True:
+                    self._puts += 1
+                    self._dirty = True
+                    self._unchecked += size
+                elif stored is False:
                     return False
-                break
-            self._rows[kind] += 1
-            self._bytes[kind] += size
-            self._puts += 1
-            self._dirty = True
-            self._disk_full = False
-            return True
+                else:
+                    self._degrade(stored)
+            if stored is not True:
+                return self._hold(OutboxRow(0, kind, topic, payload, qos, retain, created), size)
+            due = self._tight and self._unchecked >= self.config.reserve_bytes // 4
+        if due:  # low on disk: keep what a checkpoint must add to the file well within the reserve
+            self._checkpoint()
+        return True
 
-    def _total_bytes(self) -> int:
-        return sum(self._bytes.values())
-
-    def _make_room(self, size: int, prio: int, force: bool = False) -> bool:
-        """Evicts rows of class `prio` or lower, lowest class and oldest first; True if `size` bytes now fit.
-
-        With `force` (the disk is full), it evicts at least twice `size` bytes, so that SQLite can reuse the pages,
-        or nothing at all if the evictable rows do not hold that much."""
-        target = self._total_bytes() + size - self.config.max_bytes
-        if force:
-            target = max(target, 2 * size)
-            evictable = sum(self._bytes[KINDS[p]] for p in range(prio, len(KINDS)))
-            if evictable < target:  # evicting everything would not make room: keep what is there
-                return False
-        freed_total = 0
-        for victim in sorted((p for p in range(len(KINDS)) if p >= prio), reverse=True):
-            kind = KINDS[victim]
-            while freed_total < target and self._rows[kind] > 0:
-                rows = self._db.execute(
-                    "SELECT id, size FROM outbox WHERE prio = ? ORDER BY id LIMIT 64", (victim,)
-                ).fetchall()
-                if not rows:
-                    break
-                ids: list[int] = []
-                freed = 0
-                for row_id, row_size in rows:
-                    ids.append(row_id)
-                    freed += row_size
-                    if freed_total + freed >= target:
-                        break
+    def _put_in_database(
+        self,
+        store: DbStore,
+        kind: Kind,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        size: int,
+        created: float,
+    ) -> bool | BaseException:
+        """True: stored; False: refused by the byte bound (counted); else the storage failure."""
+        prio = PRIORITY[kind]
+        evicted: dict[Kind, int] = {}
+        try:
+            for attempt in range(3):
                 try:
-                    self._delete(ids)
+                    if attempt >= 1:
+                        # The disk is full: give back the reserve and checkpoint, so that the WAL starts over in
+                        # its own file instead of growing (what the checkpoint adds to the database is covered by
+                        # the reserve: see `_tight`), then try again.
+                        self._disk_full_seen()
+                        self._checkpoint_here(store)
+                    if self._full_seen and attempt < 2:
+                        # No room to grow: the row goes into pages freed by evicting the lower classes.
+                        store.ensure_free_pages(size, prio, evicted)
+                    if not store.make_room(size, prio, self.config.max_bytes, evicted):
+                        self._count_drop(kind, "full")
+                        return False
+                    store.insert(kind, topic, payload, qos, retain, size, created)
+                    return True
                 except (sqlite3.Error, OSError) as problem:
-                    self._rollback()
-                    self._storage_failed(kind, problem, count=False)
-                    return False
-                self._rows[kind] -= len(ids)
-                self._bytes[kind] -= freed
-                self._count_drop(kind, "evicted", len(ids))
-                freed_total += freed
-        if force:
-            return freed_total > 0
-        return self._total_bytes() + size <= self.config.max_bytes
+                    store.rollback()
+                    if not is_disk_full(problem) or attempt == 2:
+                        return problem
+            raise AssertionError("unreachable")  # pragma: no cover
+        finally:
+            for victim, count in evicted.items():
+                self._count_drop(victim, "evicted", count)
 
-    def _delete(self, ids: list[int]) -> None:
-        marks = ",".join("?" * len(ids))
-        self._db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", ids)
+    def _checkpoint_here(self, store: DbStore) -> None:
+        try:
+            store.checkpoint()
+        except (sqlite3.Error, OSError) as problem:
+            log.debug("outbox %s: checkpoint on a full disk failed (%s)", self.path, problem)
 
-    def _rollback(self) -> None:
-        if self._db.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.rollback()
+    def _hold(self, row: OutboxRow, size: int) -> bool:
+        self._held_seq += 1
+        row = OutboxRow(-self._held_seq, row.kind, row.topic, row.payload, row.qos, row.retain, row.created)
+        added, evicted = self._held.add(row, size)
+        for victim, count in evicted.items():
+            self._count_drop(victim, "evicted", count)
+        if not added:
+            self._count_drop(row.kind, "disk_full" if self._condition == "full" else "error")
+            return False
+        self._puts += 1
+        return True
 
-    def _storage_failed(self, kind: Kind, problem: BaseException, count: bool = True) -> None:
-        full = is_disk_full(problem)
-        if count:
-            self._count_drop(kind, "disk_full" if full else "error")
-        if full:
-            self._disk_full = True
-        else:
-            self._errors += 1
-        now = time.monotonic()
-        if now - self._last_warning >= 60.0 or self._last_warning == 0.0:
-            self._last_warning = now
-            what = "disk full" if full else "database error"
-            log.warning("outbox %s: %s (%s); %s dropped and counted", self.path, what, problem, kind)
+    def _disk_full_seen(self) -> None:
+        self._full_seen = True
+        if self._ballast.release():
+            log.warning("outbox %s: disk full; reserve %s given back", self.path, self._ballast.path)
+        if self._writable:
+            self._set_condition("full", "disk full")
 
     def _count_drop(self, kind: Kind, reason: str, count: int = 1) -> None:
         reasons = self._dropped[kind]
         reasons[reason] = reasons.get(reason, 0) + count
 
-    # -- draining ------------------------------------------------------------------------------------------------
+    # -- storage condition ---------------------------------------------------------------------------------------
+
+    def _open(self) -> tuple[DbStore | None, BaseException | None]:
+        """A writable store on a fresh connection, or the failure (no lock held: opening may wait on the disk)."""
+        try:
+            db, corrupt = open_database(self.path, self.config.sync, self._clock)
+        except OutboxError as problem:
+            return None, problem
+        if corrupt is not None:
+            with self._lock:
+                self._corrupt.append(corrupt)
+        try:
+            store = DbStore(db, self.path, writable=True)
+        except sqlite3.Error as problem:
+            db.close()
+            return None, problem
+        self._ballast.ensure()
+        return store, None
+
+    def _attach(self, store: DbStore) -> None:
+        """Makes `store` the database (lock held). Rows handed out from the older connection stay handed out (their
+        acks delete them by id and creation time); the cursors start over."""
+        old, self._store = self._store, store
+        if old is not None:
+            old.close()
+        self._close_checkpointer()
+        self._out.cursor.clear()
+        self._writable = not self._held and not self._out.settled
+        if self._writable:
+            self._recovered()
+
+    def _recovered(self) -> None:
+        self._retry.reset()
+        if self._ballast.present:
+            self._full_seen = False
+        self._set_condition("full" if self._full_seen else "ok", "disk full" if self._full_seen else None)
+
+    def _degrade(self, problem: BaseException) -> None:
+        """The database cannot take rows now: new ones are held in memory until a retry succeeds (lock held)."""
+        condition, reason = classify(problem, self.path.parent)
+        self._errors += 1
+        self._writable = False
+        if condition == "full":
+            self._full_seen = True
+            self._ballast.release()
+        self._set_condition(condition, reason)
+        now = time.monotonic()
+        if self._next_retry <= now:
+            self._next_retry = now + self._retry.next_delay()
+
+    def _lose_store(self, problem: BaseException) -> None:
+        """The connection cannot even be read: closed, its rows out of sight until a retry opens the file again."""
+        log.warning("outbox %s: cannot read (%s); reopening later", self.path, problem)
+        store, self._store = self._store, None
+        if store is not None:
+            store.close()
+        self._out.cursor.clear()
+        self._degrade(problem)
+
+    def _fall_back_to_reading(self) -> None:
+        if self._store is None:
+            db = open_readonly(self.path)
+            if db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._store = DbStore(db, self.path, writable=False)
+
+    def _set_condition(self, condition: StorageCondition, reason: str | None) -> None:
+        if condition == self._condition and reason == self._reason:
+            return
+        was, self._condition, self._reason = self._condition, condition, reason
+        if condition != was:
+            self._since = self._clock()
+            self._changes.append(self._status())
+        if condition == "ok":
+            log.info("outbox %s: storage recovered (was %s)", self.path, was)
+        elif condition != was:
+            log.warning("outbox %s: %s", self.path, self._status().describe())
+
+    def storage(self) -> StorageStatus:
+        """Whether the outbox can store (ok, read-only, full, unavailable), why not, and what is held in memory."""
+        with self._lock:
+            return self._status()
+
+    def take_storage_changes(self) -> list[StorageStatus]:
+        """Every change of the storage condition since the last call, oldest first (even one that lasted a moment)."""
+        with self._lock:
+            found, self._changes = self._changes, []
+            return found
+
+    def _status(self) -> StorageStatus:
+        return StorageStatus(
+            self._condition,
+            self._reason,
+            self._since,
+            self._writable,
+            {kind: count for kind, count in self._held.rows.items()},
+            self._held.total_bytes,
+            self._held.max_bytes,
+            self._moved,
+        )
+
+    def take_corrupt(self) -> list[Corrupt]:
+        """Corrupt databases moved aside since the last call (at open, or when a retry opened the file again)."""
+        with self._lock:
+            found, self._corrupt = self._corrupt, []
+            return found
+
+    def retry_storage(self) -> bool:
+        """Tries now to open or write the database again and move what is held in memory there; True if it can store.
+
+        `maintain` calls it when the backoff says so; it waits on the disk, never on the lock for long."""
+        with self._lock:
+            if self._closed:
+                return False
+            if self._writable:
+                return True
+            reuse = self._store is not None and self._store.writable and self._condition == "full"
+        if not reuse:
+            fresh, problem = self._open()
+            with self._lock:
+                if self._closed:
+                    if fresh is not None:
+                        fresh.close()
+                    return False
+                if fresh is None:
+                    assert problem is not None
+                    self._degrade(problem)
+                    self._fall_back_to_reading()
+                    return False
+                self._attach(fresh)
+                if self._writable:
+                    return True
+        else:
+            self._ballast.ensure()
+        return self._move_held()
+
+    def _move_held(self) -> bool:
+        """Deletes what was delivered meanwhile, then writes the held rows to the database, oldest first."""
+        with self._lock:
+            store = self._store
+            if store is None or self._closed:
+                return False
+            if self._out.settled:
+                try:
+                    store.purge(self._out.settled.items())
+                except (sqlite3.Error, OSError) as problem:
+                    self._degrade(problem)
+                    return False
+                self._out.settled.clear()
+        while True:
+            with self._lock:
+                if self._closed or self._store is not store:
+                    return False
+                if not self._held:
+                    self._writable = True
+                    self._dirty = True
+                    self._recovered()
+                    return True
+                failure = self._move_batch(store)
+                if failure is not None:
+                    self._degrade(failure)
+                    return False
+
+    def _move_batch(self, store: DbStore) -> BaseException | None:
+        batch = self._held.first(MOVE_BATCH)
+        for attempt in range(2):
+            evicted: dict[Kind, int] = {}
+            try:
+                placed, refused = store.insert_batch(batch, self.config.max_bytes, self._full_seen, evicted)
+            except (sqlite3.Error, OSError) as problem:
+                if attempt == 0 and is_disk_full(problem):
+                    self._disk_full_seen()
+                    self._checkpoint_here(store)
+                    continue
+                return problem
+            for victim, count in evicted.items():
+                self._count_drop(victim, "evicted", count)
+            for entry in refused:
+                self._held.remove(entry.row.id)
+                self._count_drop(entry.row.kind, "full")
+            for entry, new_id in placed:
+                self._held.remove(entry.row.id)
+                if entry.claimed:  # in flight: its ack names the held id
+                    self._out.moved(entry.row.id, new_id, entry.row.created)
+            self._moved += len(placed)
+            return None
+        return None  # pragma: no cover - the loop always returns
+
+    # -- handing out and settling --------------------------------------------------------------------------------
+
+    def claim(self, limit: int) -> list[OutboxRow]:
+        """Up to `limit` rows not yet handed out, in send order; handed out until acked, unclaimed or released."""
+        with self._lock:
+            if self._closed:
+                return []
+            found, problem = self._out.claim(self._store, self._held, limit)
+            if problem is not None:  # what the file holds waits until it can be read again; memory goes on
+                self._lose_store(problem)
+                found += self._out.claim(None, self._held, limit - len(found))[0]
+            return found
+
+    def unclaim(self, rows: Iterable[OutboxRow]) -> None:
+        """Gives back rows that were claimed but not sent (paho would not take them now); they go out next."""
+        with self._lock:
+            self._out.unclaim(self._held, rows)
+
+    def release(self) -> None:
+        """Forgets what was handed out (the connection is gone): every waiting row will be handed out again."""
+        with self._lock:
+            self._out.release(self._held)
 
     def pending(self, limit: int, after: Mapping[int, int] | None = None) -> list[OutboxRow]:
-        """Up to `limit` rows in send order, skipping in each class the ids at or below `after[prio]`."""
+        """A look at up to `limit` waiting rows in send order, skipping stored ids at or below `after[prio]`."""
         after = after or {}
         found: list[OutboxRow] = []
         with self._lock:
             if self._closed:
                 return []
             for prio, kind in enumerate(KINDS):
-                if len(found) >= limit:
-                    break
-                if self._rows[kind] == 0:
-                    continue
-                try:
-                    rows = self._db.execute(
-                        "SELECT id, topic, payload, qos, retain, created FROM outbox"
-                        " WHERE prio = ? AND id > ? ORDER BY id LIMIT ?",
-                        (prio, after.get(prio, 0), limit - len(found)),
-                    ).fetchall()
-                except sqlite3.Error as problem:
-                    self._errors += 1
-                    log.warning("outbox %s: cannot read (%s)", self.path, problem)
-                    return found
-                found.extend(
-                    OutboxRow(row_id, kind, topic, bytes(payload), qos, bool(retain), created)
-                    for row_id, topic, payload, qos, retain, created in rows
-                )
+                store = self._store
+                if len(found) < limit and store is not None and store.rows[kind] > 0:
+                    try:
+                        rows = store.scan(
+                            prio, after.get(prio, 0), limit - len(found) + len(self._out.settled)
+                        )
+                    except sqlite3.Error as problem:
+                        self._lose_store(problem)
+                        rows = []
+                    found.extend(row for row in rows if row.id not in self._out.settled)
+                    del found[limit:]
+                for entry in self._held.of_class(prio):
+                    if len(found) >= limit:
+                        break
+                    found.append(entry.row)
         return found
 
     def ack(self, ids: Iterable[int]) -> int:
-        """Deletes delivered rows (ids already gone are ignored); returns how many were deleted."""
+        """Deletes delivered rows (ids already gone are ignored); returns how many were taken out."""
         return self._remove(list(ids), reason=None)
 
     def reject(self, ids: Iterable[int], reason: str = "rejected") -> int:
@@ -305,117 +488,184 @@ class Outbox:
         with self._lock:
             if self._closed:
                 return 0
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                removed: list[tuple[int, int]] = []
-                for start in range(0, len(ids), 500):
-                    chunk = ids[start : start + 500]
-                    marks = ",".join("?" * len(chunk))
-                    removed += self._db.execute(
-                        f"SELECT prio, size FROM outbox WHERE id IN ({marks})", chunk
-                    ).fetchall()
-                    self._db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk)
-                self._db.execute("COMMIT")
-            except (sqlite3.Error, OSError) as problem:
-                self._rollback()
-                self._errors += 1
-                log.warning(
-                    "outbox %s: cannot delete delivered rows (%s); they will be sent again",
-                    self.path,
-                    problem,
-                )
-                return 0
-            for prio, size in removed:
-                kind = KINDS[prio]
-                self._rows[kind] -= 1
-                self._bytes[kind] -= size
-                if reason is not None:
+            removed: list[Kind] = []
+            held_ids, targets = self._out.split(ids)
+            for row_id in held_ids:
+                entry = self._held.remove(row_id)
+                if entry is not None:
+                    removed.append(entry.row.kind)
+            if targets:
+                removed += self._remove_stored(targets)
+            if reason is not None:
+                for kind in removed:
                     self._count_drop(kind, reason)
-            self._dirty = True
             return len(removed)
+
+    def _remove_stored(self, targets: list[tuple[int, float | None]]) -> list[Kind]:
+        store = self._store
+        if store is None:
+            return []
+        if store.writable:
+            try:
+                removed = store.delete(targets)
+                self._dirty = True
+                return removed
+            except (sqlite3.Error, OSError) as problem:
+                if self._writable:
+                    log.warning(
+                        "outbox %s: cannot delete delivered rows (%s); deleting them later",
+                        self.path,
+                        problem,
+                    )
+                    self._degrade(problem)
+        try:  # remember them: excluded from now on, deleted once the database can be written
+            return self._out.settle(store, targets)
+        except sqlite3.Error as problem:
+            self._lose_store(problem)
+            return []
 
     # -- upkeep --------------------------------------------------------------------------------------------------
 
     def maintain(self, force_checkpoint: bool = False) -> None:
-        """Drops expired rows and, when due, checkpoints the WAL (making earlier puts survive a power cut)."""
+        """Drops expired rows, retries a failed database when due, remakes the reserve, checkpoints when due."""
         if self._closed:
             return
         self._expire()
         now = time.monotonic()
+        with self._lock:
+            retry = not self._writable and now >= self._next_retry
+            full = self._full_seen
+            remake = self._writable and (full or not self._ballast.present)
+        if retry:
+            with self._lock:
+                self._next_retry = now + self._retry.next_delay()
+            self.retry_storage()
+        elif remake and self._ballast.ensure() and full:  # the reserve is back: the disk has room again
+            with self._lock:
+                if self._writable:
+                    self._recovered()
+        free = free_bytes(self.path.parent)
+        self._tight = self.config.reserve_bytes > 0 and free is not None and free < LOW_SPACE_BYTES
         due = now - self._last_checkpoint >= self.config.checkpoint_interval_s
-        if self._dirty and (due or force_checkpoint):
+        if self._dirty and self._writable and (due or force_checkpoint):
             self._checkpoint()
-            self._last_checkpoint = now
 
     def _expire(self) -> None:
         cutoff = self._clock() - self.config.max_age_s
         with self._lock:
             if self._closed:
                 return
+            for entry in self._held.older_than(cutoff):
+                self._held.remove(entry.row.id)
+                self._count_drop(entry.row.kind, "expired")
+            store = self._store
+            if store is None or not self._writable:  # stored rows expire once the database can be written
+                return
             try:
-                counts = self._db.execute(
-                    "SELECT prio, count(*), coalesce(sum(size), 0) FROM outbox WHERE created < ? GROUP BY prio",
-                    (cutoff,),
-                ).fetchall()
-                if not counts:
-                    return
-                self._db.execute("DELETE FROM outbox WHERE created < ?", (cutoff,))
+                expired = store.expire(cutoff)
             except (sqlite3.Error, OSError) as problem:
-                self._rollback()
+                store.rollback()
                 self._errors += 1
                 log.warning("outbox %s: cannot drop expired rows (%s)", self.path, problem)
                 return
-            for prio, count, size in counts:
-                kind = KINDS[prio]
-                self._rows[kind] -= count
-                self._bytes[kind] -= size
+            for kind, count in expired.items():
                 self._count_drop(kind, "expired", count)
-            self._dirty = True
+            if expired:
+                self._dirty = True
 
     def _checkpoint(self) -> None:
+        """A passive checkpoint on the second connection (outside the main lock: its fsync never stalls a put)."""
         self._dirty = False
-        try:
-            if self._checkpointer is None:
-                self._checkpointer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        except sqlite3.Error as problem:
+        self._unchecked = 0
+        self._last_checkpoint = time.monotonic()
+        failure: sqlite3.Error | None = None
+        for attempt in range(2):
+            with self._checkpoint_lock:
+                try:
+                    if self._checkpointer is None:
+                        self._checkpointer = sqlite3.connect(
+                            self.path, isolation_level=None, check_same_thread=False
+                        )
+                    self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    failure = None
+                except sqlite3.Error as problem:
+                    failure = problem
+            if failure is None or attempt == 1 or not is_disk_full(failure):
+                break
+            with self._lock:  # the disk just filled up: the reserve is for this checkpoint
+                self._disk_full_seen()
+        if failure is not None:
             self._dirty = True
             with self._lock:
                 self._errors += 1
-            log.warning("outbox %s: checkpoint failed (%s)", self.path, problem)
+                known = self._condition != "ok"
+            (log.debug if known else log.warning)("outbox %s: checkpoint failed (%s)", self.path, failure)
+
+    def _close_checkpointer(self) -> None:
+        with self._checkpoint_lock:
+            if self._checkpointer is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._checkpointer.close()
+                self._checkpointer = None
 
     def stats(self) -> OutboxStats:
-        """Rows and bytes waiting by class, drops by class and reason, and the disk-full flag."""
+        """Rows and bytes waiting by class (stored and held), drops by class and reason, and the storage condition."""
         with self._lock:
-            oldest: float | None = None
-            if not self._closed and any(self._rows.values()):
-                with contextlib.suppress(sqlite3.Error):
-                    first = self._db.execute("SELECT min(created) FROM outbox").fetchone()[0]
-                    oldest = None if first is None else max(0.0, self._clock() - float(first))
+            store = self._store
+            rows: dict[str, int] = {kind: count for kind, count in self._held.rows.items()}
+            sizes: dict[str, int] = {kind: size for kind, size in self._held.bytes.items()}
+            oldest = self._held.oldest()
+            if store is not None:
+                for kind in KINDS:
+                    rows[kind] += store.rows[kind]
+                    sizes[kind] += store.bytes[kind]
+                if not self._closed and any(store.rows.values()):
+                    with contextlib.suppress(sqlite3.Error):
+                        first = store.oldest()
+                        if first is not None:
+                            oldest = first if oldest is None else min(first, oldest)
             return OutboxStats(
-                rows={kind: count for kind, count in self._rows.items()},
-                bytes={kind: size for kind, size in self._bytes.items()},
+                rows=rows,
+                bytes=sizes,
                 max_bytes=self.config.max_bytes,
                 dropped={kind: dict(reasons) for kind, reasons in self._dropped.items()},
                 puts=self._puts,
-                disk_full=self._disk_full,
+                disk_full=self._condition == "full",
                 errors=self._errors,
-                oldest_age_s=oldest,
+                oldest_age_s=None if oldest is None else max(0.0, self._clock() - oldest),
                 path=str(self.path),
+                storage=self._condition,
+                storage_reason=self._reason,
+                held_rows={kind: count for kind, count in self._held.rows.items()},
+                held_bytes=self._held.total_bytes,
+                memory_max_bytes=self._held.max_bytes,
             )
 
     def close(self) -> None:
-        """Checkpoints and closes the database; later puts are dropped (counted as closed)."""
+        """Writes what is held in memory if it can, checkpoints and closes; later puts are dropped (closed)."""
+        with self._lock:
+            if self._closed:
+                return
+            held = len(self._held) > 0
+        if held:
+            self.retry_storage()
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            with contextlib.suppress(sqlite3.Error):
-                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            self._db.close()
-            if self._checkpointer is not None:
-                self._checkpointer.close()
-                self._checkpointer = None
+            if self._held:
+                log.warning(
+                    "outbox %s: %d messages held in memory are lost (%s)",
+                    self.path,
+                    len(self._held),
+                    self._reason,
+                )
+                for entry in self._held.in_order():
+                    self._held.remove(entry.row.id)
+                    self._count_drop(entry.row.kind, "closed")
+            if self._store is not None:
+                self._store.close()
+            self._close_checkpointer()
 
     def __enter__(self) -> Outbox:
         return self
@@ -430,4 +680,13 @@ def open_outbox(state_dir: Path, config: OutboxConfig | None = None) -> Outbox:
     return Outbox(config.resolve_path(state_dir), config)
 
 
-__all__ = ["KINDS", "PRIORITY", "Kind", "Outbox", "OutboxRow", "OutboxStats", "open_outbox"]
+__all__ = [
+    "KINDS",
+    "PRIORITY",
+    "Kind",
+    "Outbox",
+    "OutboxRow",
+    "OutboxStats",
+    "StorageStatus",
+    "open_outbox",
+]

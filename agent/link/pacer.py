@@ -2,17 +2,20 @@
 the outbox's own).
 
 Invariants: at most `window` rows are unacknowledged (window = min(max_inflight, the broker's Receive Maximum));
-within a class, rows are handed out in id order and never twice while connected (a cursor per class); a row leaves
-the outbox only through `settle` (its ack: delete; a refusal: drop, counted) or `refused` (paho would not take it);
-`reset` (on a lost connection) forgets what was in flight, so sending resumes from the oldest row still stored.
+the outbox hands rows out in send order and never twice while connected (`Outbox.claim` keeps track of what was
+handed out, over the database and the rows held in memory alike, so the pacer holds no cursor of its own); a row
+paho did not take is given back (`unsent`) and goes out next; a row leaves the outbox only through `settle` (its ack:
+delete; a refusal: drop, counted) or `refused` (paho would not take it); `reset` (on a lost connection) forgets what
+was in flight and releases it in the outbox, so sending resumes from the oldest row still waiting.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agent.link.outbox import PRIORITY, Outbox, OutboxRow
+from agent.link.outbox import Outbox, OutboxRow
 
 log = logging.getLogger("agent.link")
 
@@ -33,7 +36,6 @@ class Pacer:
         self.max_inflight = max_inflight
         self.window = max_inflight
         self._inflight: dict[int, int] = {}
-        self._cursor: dict[int, int] = {}
 
     def set_receive_max(self, receive_max: int | None) -> None:
         """Applies the broker's Receive Maximum from CONNACK (65535 when absent)."""
@@ -45,19 +47,22 @@ class Pacer:
         return len(self._inflight)
 
     def next_rows(self) -> list[OutboxRow]:
-        """The rows to send now, in order, as many as the window has room for."""
+        """The rows to send now, in order, as many as the window has room for (handed out until settled)."""
         room = self.window - len(self._inflight)
-        return self.outbox.pending(room, self._cursor) if room > 0 else []
+        return self.outbox.claim(room) if room > 0 else []
 
     def sent(self, row: OutboxRow, mid: int) -> None:
         """Records that `row` went out as message `mid`."""
-        self._cursor[PRIORITY[row.kind]] = row.id
         self._inflight[mid] = row.id
+
+    def unsent(self, rows: Sequence[OutboxRow]) -> None:
+        """Rows from `next_rows` that paho did not take now: they stay next in line."""
+        if rows:
+            self.outbox.unclaim(rows)
 
     def refused(self, row: OutboxRow, why: str) -> None:
         """paho would not take `row` (invalid topic, too large): drop it, counted as rejected."""
         log.warning("outbox row %d refused by paho (%s); dropped", row.id, why)
-        self._cursor[PRIORITY[row.kind]] = row.id
         self.outbox.reject([row.id])
 
     def settle(self, acks: list[Ack]) -> None:
@@ -77,7 +82,7 @@ class Pacer:
     def reset(self) -> None:
         """Forgets what was in flight (the connection is gone); those rows will be sent again."""
         self._inflight.clear()
-        self._cursor.clear()
+        self.outbox.release()
 
 
 __all__ = ["Ack", "Pacer"]

@@ -25,6 +25,14 @@ SCHEMA = 1
 """Version of every payload defined here; bumped on an incompatible change."""
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+StorageCondition = Literal["ok", "read-only", "full", "unavailable"]
+"""Whether the outbox can store: ok; read-only (the state directory cannot be written); full (the disk is full: the
+outbox's reserve is spent, lower classes are evicted for events, and what cannot be stored is held in memory);
+unavailable (the database cannot be opened or used for another reason)."""
+
+
+def _absent(value: object) -> bool:
+    return value is None
 
 
 class Payload(BaseModel):
@@ -102,6 +110,16 @@ class Status(Payload):
     sources: dict[str, str] = Field(default_factory=dict, description="State of each source, by name.")
     boot_time: float | None = Field(None, description="When the agent process started (Unix seconds).")
     reason: str | None = Field(None, description="For offline: 'stopped' (clean stop) or 'lost' (last will).")
+    storage: StorageCondition | None = Field(
+        None,
+        exclude_if=_absent,
+        description="Only when the outbox cannot store normally: read-only | full | unavailable (absent when ok).",
+    )
+    storage_reason: str | None = Field(
+        None,
+        exclude_if=_absent,
+        description="Why, and how much is held in memory meanwhile (absent when storage is ok).",
+    )
 
 
 class Telemetry(Payload):
@@ -116,7 +134,8 @@ class Telemetry(Payload):
         description="Rates, per-stage p50/p95/p99, frame age, drops, cpu, rss, temperature, throttling, disk free.",
     )
     link: dict[str, Any] = Field(
-        default_factory=dict, description="The link's own state: outbox depth, drops."
+        default_factory=dict,
+        description="The link's own state: connection, outbox depth, drops, storage condition, rows held in memory.",
     )
 
 
@@ -237,6 +256,7 @@ __all__ = [
     "Severity",
     "SnapshotArgs",
     "Status",
+    "StorageCondition",
     "Telemetry",
     "describe_validation_error",
     "parse",

@@ -6,8 +6,9 @@ Invariants:
   `Client.loop` on this thread and only record what happened; this thread acts on it right after.
 - The outbox is paced by the `Pacer` (pacer.py): at most min(max_inflight, the broker's Receive Maximum) rows
   unacknowledged; a row is deleted only when its PUBACK arrives (or, for QoS 0, when paho wrote it). On a lost
-  connection paho's unacknowledged messages are dropped and the pacer reset, so the outbox is the only source of
-  truth and sending resumes from the oldest unacknowledged row, in order.
+  connection paho's unacknowledged messages are dropped and the pacer reset (the outbox forgets what it handed out),
+  so the outbox (its database, and the rows it holds in memory while the database cannot be written) is the only
+  source of truth and sending resumes from the oldest unacknowledged row, in order.
 - The last will (retained `offline`, reason `lost`) is set before every connect with the birth number that connection
   will use; the number is committed to disk before the retained `online` status goes out. A clean stop publishes
   `offline` (reason `stopped`) itself, waits for its PUBACK, then sends DISCONNECT with reason 0, which discards the will.
@@ -299,7 +300,8 @@ class Session:
         self._settle()
 
     def _drain(self) -> None:
-        for row in self.pacer.next_rows():
+        rows = self.pacer.next_rows()
+        for index, row in enumerate(rows):
             try:
                 info = self.client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain)
             except ValueError as problem:
@@ -308,7 +310,8 @@ class Session:
             if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
                 self.pacer.sent(row, info.mid)
             elif info.rc in (MQTTErrorCode.MQTT_ERR_NO_CONN, MQTTErrorCode.MQTT_ERR_QUEUE_SIZE):
-                break  # not taken: the row stays next in line
+                self.pacer.unsent(rows[index:])  # not taken: these rows stay next in line
+                break
             else:
                 self.pacer.refused(row, info.rc.name)
 

@@ -5,7 +5,8 @@ Invariants:
   failed connect); `connected` means a success CONNACK was processed and no disconnect since. Readers get a
   consistent copy (`LinkStatus`) under a lock. Nothing else stores a "connected" flag.
 - `BirthCounter` never hands out a number at or below one it committed, across restarts: the committed value is
-  written to the state directory atomically (temp file, fsync, rename, fsync of the folder) before it is used.
+  written to the state directory atomically (temp file, fsync, rename, fsync of the folder) before it is used; when
+  the directory cannot be written, numbers come from the wall clock in milliseconds (see the class for what remains).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -99,12 +101,41 @@ class StateCell:
             return self._status
 
 
-class BirthCounter:
-    """Birth sequence numbers that only grow, across restarts (file `link-birth.json` in the state directory)."""
+SANE_TIME = 1_600_000_000.0
+"""A wall clock below this (September 2020) is unset: a device without an RTC that booted without network time."""
 
-    def __init__(self, state_dir: Path) -> None:
+
+class BirthCounter:
+    """Birth sequence numbers that only grow, across restarts (file `link-birth.json` in the state directory).
+
+    Writable state directory: 1, 2, 3 ... (the stored value + 1 each connection). Before the first number the counter
+    probes the folder by writing its value back; when that fails (a read-only mount, a full disk) or a later commit fails, the
+    next numbers come from the wall clock in milliseconds, never below the stored value + 1 nor below a number this
+    process used, so every restart's number is larger than the last (the clock moved on) and a fleet view that keeps
+    the highest birth never takes a new connection for a stale one. Once a write works again the number in use is
+    stored and counting goes on from it.
+
+    What remains: with no sane wall clock (below SANE_TIME) the numbers are the stored value + 1 + milliseconds since
+    boot (CLOCK_MONOTONIC), which grow across restarts within one boot but not across reboots; and a restart on a
+    writable directory after runs that could not write starts again from the stored value + 1, below the clock-based
+    numbers those runs used (nothing on the device remembers them): the retained status is right (it is the newest
+    message), but a fleet view that ran through those restarts takes the device's statuses for stale until it is
+    restarted.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.path = state_dir / "link-birth.json"
+        self._clock = clock
+        self._monotonic = monotonic
         self._committed = self._load()
+        self._used = self._committed
+        self._writable: bool | None = None
+        """None until the first number is asked for (a disabled link never writes the state directory)."""
 
     def _load(self) -> int:
         try:
@@ -117,9 +148,34 @@ class BirthCounter:
             return 0
         except (OSError, ValueError, KeyError, TypeError) as problem:
             # Unreadable despite atomic writes: go past any plausible old value rather than repeat one.
-            fallback = int(time.time()) if time.time() > 1.6e9 else 0
+            now = self._clock()
+            fallback = int(now * 1000) if now > SANE_TIME else 0
             log.warning("birth counter %s unreadable (%s); continuing from %d", self.path, problem, fallback)
             return fallback
+
+    @property
+    def writable(self) -> bool:
+        """Whether the counter can be stored (probed when first asked, see `probe`)."""
+        return self.probe()
+
+    def probe(self) -> bool:
+        """Writes the stored value back, once (the link does it at start): True if the counter can be stored."""
+        if self._writable is None:
+            try:
+                self._write(self._committed)
+                self._writable = True
+            except OSError as problem:
+                log.warning(
+                    "birth counter %s cannot be written (%s); birth numbers come from the clock",
+                    self.path,
+                    problem,
+                )
+                self._writable = False
+        return self._writable
+
+    def _write(self, value: int) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.path, json.dumps({"schema": 1, "birth": value}).encode("utf-8"))
 
     @property
     def committed(self) -> int:
@@ -128,15 +184,37 @@ class BirthCounter:
 
     def peek_next(self) -> int:
         """The number the next connection will use."""
-        return self._committed + 1
+        base = max(self._committed, self._used) + 1
+        if self.writable:
+            return base
+        now = self._clock()
+        if now >= SANE_TIME:
+            return max(base, int(now * 1000))
+        return max(base, self._committed + 1 + int(self._monotonic() * 1000))
 
     def commit(self, value: int) -> None:
-        """Records `value` as used; raises OSError if it cannot be written (the caller decides)."""
+        """Records `value` as used; raises OSError if it cannot be written (the caller decides; numbers then come
+        from the clock until a write works)."""
         if value <= self._committed:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path, json.dumps({"schema": 1, "birth": value}).encode("utf-8"))
+        self._used = max(self._used, value)
+        try:
+            self._write(value)
+        except OSError:
+            self._writable = False
+            raise
         self._committed = value
+        self._writable = True
+
+    def retry(self) -> bool:
+        """Stores the number in use if an earlier commit failed (the state directory can be written again)."""
+        if self._used <= self._committed:
+            return True
+        try:
+            self.commit(self._used)
+        except OSError:
+            return False
+        return True
 
 
 __all__ = ["BirthCounter", "LinkState", "LinkStatus", "StateCell"]
