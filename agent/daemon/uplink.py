@@ -6,7 +6,7 @@ threaded sink (the loop never waits on SQLite or the network), events are forwar
 taken by the link on its own clock from `UplinkPorts.telemetry`, and the retained status follows the status brief on
 the main thread's tick. It gets narrow ports, never the daemon.
 
-Invariant: a link that cannot start (bad TLS files, an outbox that cannot open) is reported and leaves the daemon
+Invariant: a link that cannot start (bad TLS files, a password source that cannot be read) is reported and leaves the daemon
 serving stand-alone.
 """
 
