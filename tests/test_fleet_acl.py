@@ -57,8 +57,8 @@ SMALL_ACL = """\
 #
 # Each device writes its own status (also its last will), telemetry, events, results and command replies
 # (to cmd/+/reply, or to a response topic under its reply/); reads its own desired state, commands and model
-# blocks; writes its fleet's repo/get (block requests); reads its fleet's releases/# and the desired state of
-# its own groups only. Nothing of another device, group or fleet.
+# blocks (the repository's answers); writes its fleet's repo/get (metadata and block requests); reads the
+# desired state of its own groups only. Nothing of another device, group or fleet.
 
 # == fleet f1 (edge/f1/): 1 device ==
 
@@ -74,7 +74,6 @@ topic write edge/f1/devices/cam-01/cmd/+/reply
 topic write edge/f1/devices/cam-01/reply/#
 topic read edge/f1/devices/cam-01/blocks/#
 topic write edge/f1/repo/get
-topic read edge/f1/releases/#
 topic read edge/f1/groups/dock/desired
 topic read edge/f1/groups/lobby/desired
 
@@ -92,7 +91,6 @@ topic write edge/f2/devices/cam-02/cmd/+/reply
 topic write edge/f2/devices/cam-02/reply/#
 topic read edge/f2/devices/cam-02/blocks/#
 topic write edge/f2/repo/get
-topic read edge/f2/releases/#
 
 # == operators (edge-fleet, dashboards): one identity per person or tool, so tools run side by side ==
 # Each reads and writes everything of its fleets.
@@ -177,12 +175,11 @@ def test_a_device_block_is_the_old_patterns_with_its_own_fleet_and_groups() -> N
         "write edge/+/devices/%u/reply/#",
         "read edge/+/devices/%u/blocks/#",
         "read edge/+/groups/+/desired",
-        "read edge/+/releases/#",
         "write edge/+/repo/get",
     ]
     lines = acl_lines(render_acl(parse_inventory(SMALL)))
     start = lines.index("user cam-01")
-    block = lines[start + 1 : start + 14]
+    block = lines[start + 1 : start + 13]  # 11 old rules, the one group pattern becoming two
     expected = [f"topic {rule.replace('%u', 'cam-01').replace('+', 'f1', 1)}" for rule in old_patterns]
     expected.remove("topic read edge/f1/groups/+/desired")
     expected += ["topic read edge/f1/groups/dock/desired", "topic read edge/f1/groups/lobby/desired"]

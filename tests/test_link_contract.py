@@ -49,7 +49,7 @@ def test_topics_follow_the_design_layout() -> None:
     assert topics.cmd_filter == "edge/acme/devices/cam-01/cmd/+"
     assert topics.cmd_reply("ping") == "edge/acme/devices/cam-01/cmd/ping/reply"
     assert topics.group_desired() == "edge/acme/groups/lobby/desired"
-    assert topics.release("digits", 7) == "edge/acme/releases/digits/7"
+    assert topics.blocks("s1") == "edge/acme/devices/cam-01/blocks/s1"
     assert topics.repo_get == "edge/acme/repo/get"
 
 
@@ -60,7 +60,7 @@ def test_topics_follow_the_design_layout() -> None:
         "edge/acme/devices/cam-01/cmd/set-config",
         "edge/acme/devices/cam-01/cmd/ping/reply",
         "edge/acme/groups/lobby/desired",
-        "edge/acme/releases/digits/7",
+        "edge/acme/devices/cam-01/blocks/s1",
         "edge/acme/repo/get",
     ],
 )
@@ -80,7 +80,7 @@ def test_parse_names_the_command_and_the_device() -> None:
         "edge/other/devices/cam-01/status",
         "edge/acme/devices/cam-01/bogus",
         "edge/acme/devices//status",
-        "edge/acme/releases/digits/x7",
+        "edge/acme/releases/digits/7",
         "edge/acme/devices/cam-01/cmd/$SYS",
         "edge/acme",
     ],
@@ -110,10 +110,10 @@ def test_prefix_may_be_empty_or_custom() -> None:
     assert Topics("d1", "f1", "g", "site-3/{fleet}/").events == "site-3/f1/devices/d1/events"
 
 
-def test_release_versions_and_command_names_are_validated() -> None:
+def test_session_and_command_names_are_validated() -> None:
     topics = Topics("d1", "f1", "g")
     with pytest.raises(TopicError):
-        topics.release("digits", -1)
+        topics.blocks("a/b")
     with pytest.raises(TopicError):
         topics.cmd("a/b")
 

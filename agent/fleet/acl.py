@@ -261,8 +261,8 @@ def _header(source: str, template: str) -> list[str]:
         "#",
         "# Each device writes its own status (also its last will), telemetry, events, results and command replies",
         "# (to cmd/+/reply, or to a response topic under its reply/); reads its own desired state, commands and model",
-        "# blocks; writes its fleet's repo/get (block requests); reads its fleet's releases/# and the desired state of",
-        "# its own groups only. Nothing of another device, group or fleet.",
+        "# blocks (the repository's answers); writes its fleet's repo/get (metadata and block requests); reads the",
+        "# desired state of its own groups only. Nothing of another device, group or fleet.",
     ]
 
 
@@ -281,7 +281,6 @@ def _device_block(prefix: str, device: Device) -> list[str]:
         f"topic write {own}reply/#",
         f"topic read {own}blocks/#",
         f"topic write {prefix}repo/get",
-        f"topic read {prefix}releases/#",
     ]
     lines += [f"topic read {prefix}groups/{group}/desired" for group in groups]
     return lines

@@ -107,13 +107,14 @@ class Callbacks:
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """A message another thread asks the network thread to publish (command replies)."""
+    """A message another thread asks the network thread to publish (command replies, repository requests)."""
 
     topic: str
     payload: bytes
     qos: int = 1
     retain: bool = False
     correlation: bytes | None = None
+    response_topic: str | None = None
 
 
 def build_client(

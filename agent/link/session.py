@@ -294,7 +294,9 @@ class Session:
             )
         while not self._outgoing.empty():
             message = self._outgoing.get_nowait()
-            properties = publish_properties(correlation=message.correlation)
+            properties = publish_properties(
+                response_topic=message.response_topic, correlation=message.correlation
+            )
             self._publish(message.topic, message.payload, message.qos, message.retain, properties)
         self._drain()
         self._settle()

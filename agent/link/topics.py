@@ -9,7 +9,7 @@ Layout (after the prefix, `edge/{fleet}/` by default):
     devices/{device}/cmd/{name}    command requests; replies go to the request's MQTT 5 response topic,
     devices/{device}/cmd/{name}/reply   or here when the request names none
     groups/{group}/desired         retained: the model release a group should run
-    releases/{name}/{version}      retained signed release metadata
+    devices/{device}/blocks/{session}  the repository's answers to this device's requests (MQTT 5 response topic)
     repo/get                       block requests to the repository server
 
 Invariants: an id (device, fleet, group, command or release name) matches `ID_PATTERN`, so it can never add a level,
@@ -41,7 +41,7 @@ TopicKind = Literal[
     "cmd",
     "cmd-reply",
     "group-desired",
-    "release",
+    "blocks",
     "repo-get",
 ]
 
@@ -158,16 +158,9 @@ class Topics:
         """Retained desired state of a group (this device's by default)."""
         return f"{self.prefix}groups/{validate_id(group or self.group, 'group')}/desired"
 
-    def release(self, name: str, version: int) -> str:
-        """Retained signed metadata of one release."""
-        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-            raise TopicError(f"invalid release version {version!r}: expected a non-negative integer")
-        return f"{self.prefix}releases/{validate_id(name, 'release name')}/{version}"
-
-    @property
-    def releases_filter(self) -> str:
-        """Subscription filter for every release's metadata."""
-        return self.prefix + "releases/+/+"
+    def blocks(self, session: str) -> str:
+        """Where the repository answers this device's requests of one session (its response topic)."""
+        return f"{self._device_root}blocks/{validate_id(session, 'session')}"
 
     @property
     def repo_get(self) -> str:
@@ -190,8 +183,8 @@ class Topics:
                 return ParsedTopic(kind="cmd-reply", device=device, name=name)
             case ["groups", group, "desired"]:
                 return ParsedTopic(kind="group-desired", group=group)
-            case ["releases", name, version] if version.isdigit():
-                return ParsedTopic(kind="release", name=name, version=int(version))
+            case ["devices", device, "blocks", session]:
+                return ParsedTopic(kind="blocks", device=device, name=session)
             case ["repo", "get"]:
                 return ParsedTopic(kind="repo-get")
         return None
