@@ -25,6 +25,7 @@ from agent.errors import ConfigError
 from agent.fsutil import write_atomic
 from agent.inference.options import RuntimeOptions
 from agent.link.config import LinkConfig, OutboxConfig
+from agent.ota.config import OtaConfig
 from agent.sources.config import SourceConfig, default_source_config
 
 if sys.version_info >= (3, 11):
@@ -216,6 +217,9 @@ class AgentConfig(Section):
     control: ControlConfig = Field(default_factory=ControlConfig, description="Local control socket.")
     link: LinkConfig = Field(default_factory=LinkConfig, description="Fleet MQTT link.")
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Durable outbox for the link.")
+    ota: OtaConfig = Field(
+        default_factory=OtaConfig, description="Signed model updates over the fleet link (needs link.enabled)."
+    )
 
     @model_validator(mode="after")
     def _check_snapshots(self) -> AgentConfig:

@@ -26,11 +26,11 @@ from agent.config import AgentConfig, apply_patch, load_config
 from agent.daemon.commands import CommandPorts, DeviceCommands
 from agent.daemon.control import ControlServer
 from agent.daemon.events import EventLog
-from agent.daemon.model_service import LOAD_LIMIT_S, ModelService
+from agent.daemon.model_service import ModelService
 from agent.daemon.ports import MainThread, Reporter, StatusBrief
 from agent.daemon.reload import Step, adopt, plan_reload
 from agent.daemon.serving import PipelinePorts
-from agent.daemon.status import Identity, status_line, status_of, telemetry_of
+from agent.daemon.status import Identity, healthy, source_state, status_line, status_of, telemetry_of
 from agent.errors import AgentError, ConfigError
 from agent.events import EventType
 from agent.platform.memory import trim, tune_malloc
@@ -39,6 +39,7 @@ from agent.platform.system import SystemProbe
 from agent.sources import Item
 
 if TYPE_CHECKING:
+    from agent.daemon.updates import UpdateService
     from agent.daemon.uplink import Uplink
     from agent.link import ResultsPolicy
     from agent.pipeline import Sink
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("agent.daemon")
 
 TICK_S = 0.5
-WITHOUT_MODEL_TICK_LIMIT_S = 30.0  # running without a model, the watchdog is fed while the main loop ticks
 STATE_UMASK = 0o077  # files 0600, folders 0700
 STOP_BUDGET_S = 1.6  # of the 2 s from SIGTERM to exit: the rest is the interpreter's own shutdown
 PIPELINE_STOP_S = 0.6  # the pipeline's share; the link gets the rest to send what waits and say offline
@@ -70,6 +70,7 @@ class Daemon:
         self.system = SystemProbe(disk_path=self.state_dir)
         self.system_sample: dict[str, Any] = {}
         self.uplink: Uplink | None = None  # imported only when the link is enabled
+        self.updates: UpdateService | None = None  # signed model updates, when ota.enabled
         self.models = ModelService(
             config, self.state_dir, PipelinePorts(self.report, self.state_dir, self._uplink_sinks)
         )
@@ -169,7 +170,7 @@ class Daemon:
         stopper = None
         if self.uplink is not None:  # on a side thread, beside the control socket's own stop
             stopper = threading.Thread(
-                target=self.uplink.stop,
+                target=self._stop_uplink,
                 args=(max(0.3, deadline - time.monotonic() - 0.1),),
                 name="stop-link",
                 daemon=True,
@@ -218,13 +219,34 @@ class Daemon:
                 state_dir=self.state_dir,
                 latest_item=self.latest_item,
                 restart_pipeline=self.models.restart,
-                source_state=self._source_state,
+                source_state=lambda: source_state(self.models),
                 set_results_policy=self._set_results_policy,
             )
         )
         ports = UplinkPorts(self.events, self.report, self.status_brief, self.telemetry, commands)
         self.uplink = Uplink(self.config, self.device_id, self.state_dir, ports)
         self.uplink.start()
+        if self.config.ota.enabled:
+            if self.uplink.link is None:
+                self.report("update", "error", "signed model updates are off: the fleet link did not start")
+                return
+            from agent.daemon.updates import start_updates
+
+            self.updates = start_updates(
+                self.config, self.state_dir, self.uplink.link, self.report, self._serving
+            )
+
+    def _stop_uplink(self, timeout_s: float) -> None:
+        if self.updates is not None:
+            self.updates.stop(min(0.3, timeout_s / 3))
+            self.updates = None
+        if self.uplink is not None:
+            self.uplink.stop(max(0.2, timeout_s - 0.3))
+            self.uplink = None
+
+    def _serving(self) -> tuple[str, int] | None:
+        active = self.models.active
+        return (active.model.name, active.model.version) if active is not None else None
 
     def _uplink_sinks(self) -> list[Sink]:
         return self.uplink.sinks() if self.uplink is not None else []
@@ -268,9 +290,7 @@ class Daemon:
         self.models.config = new
         self.config = new
         if Step.RESTART_UPLINK in plan:
-            if self.uplink is not None:
-                self.uplink.stop()
-                self.uplink = None
+            self._stop_uplink(5.0)
             self._start_uplink()
             self.models.uplink_changed()
         kind: EventType = "model" if "model" in plan.changed else "source"
@@ -279,32 +299,13 @@ class Daemon:
 
     # ------------------------------------------------------------------ readers (any thread)
 
-    def _source_state(self) -> tuple[str, str | None] | None:
-        pipeline = self.models.pipeline
-        runner = pipeline.runner if pipeline is not None else None
-        if runner is None:
-            return None
-        status = runner.status()
-        return status.state.value, status.last_error
-
     def _progress(self) -> int:
         pipeline = self.models.pipeline
         return pipeline.loop.progress if pipeline is not None else 0
 
     def _healthy(self) -> bool:
         """False only when an invoke hangs: an idle loop behind a stalled source is healthy."""
-        now, models = time.monotonic(), self.models
-        pipeline = models.pipeline
-        if pipeline is None:
-            if models.problem is None:
-                return False
-            # running without a model: healthy while the main thread keeps supervising, or loads a model
-            loading_s = models.loading_for(now)
-            if loading_s is not None and loading_s < LOAD_LIMIT_S:
-                return True
-            return now - self._last_tick < WITHOUT_MODEL_TICK_LIMIT_S
-        loop = pipeline.loop
-        return loop.alive() and loop.busy_s(now) < self.config.pipeline.hang_timeout_s
+        return healthy(self.models, self._last_tick, time.monotonic())
 
     def latest_item(self) -> Item | None:
         """The newest item the loop handled (for the `snapshot` command)."""
@@ -333,7 +334,11 @@ class Daemon:
             else {"enabled": self.config.link.enabled, "state": "off"}
         )
         identity = Identity(self.device_id, self.state_dir, self.started_at)
-        return status_of(identity, self.models, self.events, self.system_sample, link)
+        data = status_of(identity, self.models, self.events, self.system_sample, link)
+        data["update"] = (
+            self.updates.status() if self.updates is not None else {"enabled": self.config.ota.enabled}
+        )
+        return data
 
 
 class _RunningConfig:

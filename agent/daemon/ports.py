@@ -57,10 +57,12 @@ class Reporter:
 
 @dataclass(frozen=True)
 class StatusBrief:
-    """What the retained MQTT status says: the model in service and each source's state."""
+    """What the retained MQTT status says: the model in service, each source's state, the model update."""
 
     model: tuple[str, int] | None
     sources: dict[str, str] = field(default_factory=dict)
+    update: tuple[str, str, int, str | None] | None = None
+    """(state, release name, release version, reason) of the update in progress or last decided."""
 
 
 class MainThread:

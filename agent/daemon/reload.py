@@ -12,7 +12,7 @@ effect at the next start.
 | source, frames <-> windows | LOAD_MODEL, RESTART_PIPELINE                                 |
 | pipeline, monitor, snapshots | RESTART_PIPELINE                                           |
 | sinks only                 | REPLACE_SINKS (between two items, no restart)                |
-| link, outbox, device       | RESTART_UPLINK                                               |
+| link, outbox, device, ota  | RESTART_UPLINK (with the updater)                            |
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from agent.config import AgentConfig
 
 PIPELINE_SECTIONS = frozenset({"source", "pipeline", "monitor", "snapshots"})
-UPLINK_SECTIONS = frozenset({"link", "outbox", "device"})
+UPLINK_SECTIONS = frozenset({"link", "outbox", "device", "ota"})
 LIVE_SECTIONS = frozenset({"log_level", "model", "sinks"}) | PIPELINE_SECTIONS
 """Sections that `set-config` applies at once; the others are persisted and take effect at the next start."""
 

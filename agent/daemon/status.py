@@ -13,8 +13,36 @@ from typing import Any
 
 from agent import __version__
 from agent.daemon.events import EventLog
-from agent.daemon.model_service import ModelService
+from agent.daemon.model_service import LOAD_LIMIT_S, ModelService
 from agent.daemon.slot import evidence_of
+
+WITHOUT_MODEL_TICK_LIMIT_S = 30.0
+"""Running without a model, the watchdog is fed while the main loop has ticked this recently."""
+
+
+def healthy(models: ModelService, last_tick: float, now: float) -> bool:
+    """What the watchdog feeds on: False only when an invoke hangs (an idle loop behind a stalled source is fine)."""
+    pipeline = models.pipeline
+    if pipeline is None:
+        if models.problem is None:
+            return False
+        # running without a model: healthy while the main thread keeps supervising, or loads a model
+        loading_s = models.loading_for(now)
+        if loading_s is not None and loading_s < LOAD_LIMIT_S:
+            return True
+        return now - last_tick < WITHOUT_MODEL_TICK_LIMIT_S
+    loop = pipeline.loop
+    return loop.alive() and loop.busy_s(now) < models.config.pipeline.hang_timeout_s
+
+
+def source_state(models: ModelService) -> tuple[str, str | None] | None:
+    """The source's state and last error (None while no pipeline runs)."""
+    pipeline = models.pipeline
+    runner = pipeline.runner if pipeline is not None else None
+    if runner is None:
+        return None
+    status = runner.status()
+    return status.state.value, status.last_error
 
 
 @dataclass(frozen=True)

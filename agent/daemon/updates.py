@@ -17,7 +17,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -25,7 +26,14 @@ from agent.daemon.ports import Reporter
 from agent.ota.updater import CheckOutcome, ModelUpdater
 from agent.release.formats import Desired
 
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
+    from agent.link import Link
+
 log = logging.getLogger("agent.daemon.updates")
+
+FAILED_RETRY_S = 15.0
+"""After a check that failed (the repository unreachable, a transfer cut), the next one comes this soon."""
 
 
 class UpdateService:
@@ -121,9 +129,18 @@ class UpdateService:
                 return
             if outcome is not None and outcome.status.value == "interrupted" and not self._stop.is_set():
                 continue  # a newer desired state: check again at once
-            self._wake.wait(self._interval_s)
+            failed = outcome is None or outcome.status.value == "failed"
+            self._wake.wait(min(self._interval_s, FAILED_RETRY_S) if failed else self._interval_s)
 
     # ------------------------------------------------------------------ readers (any thread)
+
+    def brief(self) -> tuple[str, str, int, str | None] | None:
+        """(state, name, version, reason) of the update record, for the retained status."""
+        with self._lock:
+            record = self._last.record if self._last is not None else None
+        if record is None:
+            return None
+        return record.state.value, record.release.name, record.release.version, record.reason
 
     def status(self) -> dict[str, Any]:
         """The desired state, the update record and the last check's outcome, JSON-ready."""
@@ -142,4 +159,31 @@ class UpdateService:
         }
 
 
-__all__ = ["UpdateService"]
+def start_updates(
+    config: AgentConfig,
+    state_dir: Path,
+    link: Link,
+    report: Reporter,
+    serving: Callable[[], tuple[str, int] | None],
+) -> UpdateService:
+    """Builds the updater over the link, subscribes to the device's and its group's desired state, and starts it."""
+    from agent.daemon.serving import source_kind
+    from agent.ota.mqtt_port import MqttRepoPort
+
+    updater = ModelUpdater(
+        config.ota,
+        state_dir,
+        MqttRepoPort(link),
+        report.emit,
+        fleet=config.device.fleet,
+        group=config.device.group,
+        input_kind="image" if source_kind(config) == "frame" else "window",
+    )
+    service = UpdateService(updater, report, serving, config.ota.check_interval_s)
+    link.subscribe(link.topics.desired, lambda message: service.on_desired("device", message.payload))
+    link.subscribe(link.topics.group_desired(), lambda message: service.on_desired("group", message.payload))
+    service.start()
+    return service
+
+
+__all__ = ["UpdateService", "start_updates"]

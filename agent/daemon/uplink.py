@@ -25,7 +25,7 @@ from agent.daemon.events import EventLog
 from agent.daemon.ports import Reporter, StatusBrief
 from agent.errors import AgentError
 from agent.events import AgentEvent
-from agent.link import DeviceIdentity, Event, Link, LinkError, ModelRef
+from agent.link import DeviceIdentity, Event, Link, LinkError, ModelRef, UpdateBrief
 from agent.pipeline import CallbackSink, ResultRecord, Sink
 
 log = logging.getLogger("agent.daemon.uplink")
@@ -126,7 +126,13 @@ class Uplink:
         if brief != self._seen:
             self._seen = brief
             model = ModelRef(name=brief.model[0], version=brief.model[1]) if brief.model else None
-            link.set_status(model=model, sources=brief.sources)
+            update = None
+            if brief.update is not None:
+                state, name, version, reason = brief.update
+                update = UpdateBrief(
+                    state=state, name=name, version=version, reason=(reason or None) and reason[:500]
+                )
+            link.set_status(model=model, sources=brief.sources, update=update)
 
     def status(self) -> dict[str, Any]:
         """Link state, outbox and command counters for `edge-agent status`."""

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
         SnapshotArgs,
         Status,
         Telemetry,
+        UpdateBrief,
         parse,
     )
     from agent.link.policy import ResultGate, ResultsPolicy
@@ -88,6 +89,7 @@ _MODULES = {
     "LinkStatus": "agent.link.state",
     "MessageHandler": "agent.link.client",
     "ModelRef": "agent.link.payloads",
+    "UpdateBrief": "agent.link.payloads",
     "NoArgs": "agent.link.payloads",
     "Outbox": "agent.link.outbox",
     "OutboxConfig": "agent.link.config",
@@ -173,6 +175,7 @@ __all__ = [
     "TlsFailure",
     "TopicError",
     "Topics",
+    "UpdateBrief",
     "open_outbox",
     "parse",
     "resolve_password",

@@ -39,7 +39,7 @@ from agent.link.config import DeviceIdentity, LinkConfig, OutboxConfig, resolve_
 from agent.link.errors import LinkError, TopicError
 from agent.link.mqtt import InboundMessage, Outgoing
 from agent.link.outbox import Kind, Outbox
-from agent.link.payloads import Event, ModelRef, Payload, Result, Status, Telemetry
+from agent.link.payloads import Event, ModelRef, Payload, Result, Status, Telemetry, UpdateBrief
 from agent.link.policy import ResultGate, ResultsPolicy
 from agent.link.session import Session
 from agent.link.state import BirthCounter, LinkStatus, StateCell
@@ -92,12 +92,14 @@ class Link:
         self._started_mono = time.monotonic()
         self._gate = ResultGate(config.results, time.monotonic())
         self._model: ModelRef | None = None
+        self._update: UpdateBrief | None = None
         self._sources: dict[str, str] = {}
         self._telemetry_seq = 0
         self._publish_errors = 0
         self._storage_was = "ok"
         self._storage_moved = 0
         self._subscriptions: list[tuple[str, MessageHandler, int]] = []
+        self._direct: list[tuple[str, MessageHandler, int]] = []
         self._work: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=config.commands.queue_max)
         self._threads: list[threading.Thread] = []
         self._session: Session | None = None
@@ -129,7 +131,7 @@ class Link:
             self._stop,
         )
         with self._lock:
-            for topic_filter, _handler, qos in self._subscriptions:
+            for topic_filter, _handler, qos in [*self._subscriptions, *self._direct]:
                 self._session.add_subscription(topic_filter, qos)
         for name, target in (
             ("link-net", self._session.run),
@@ -284,20 +286,26 @@ class Link:
         return self._gate.policy
 
     def set_status(
-        self, *, model: ModelRef | None = _UNSET, sources: Mapping[str, str] | None = None
+        self,
+        *,
+        model: ModelRef | None = _UNSET,
+        sources: Mapping[str, str] | None = None,
+        update: UpdateBrief | None = _UNSET,
     ) -> None:
-        """Updates what the retained `online` status says (active model, source states) and republishes it."""
+        """Updates what the retained `online` status says (active model, source states, update) and republishes it."""
         with self._lock:
             if model is not _UNSET:
                 self._model = model
             if sources is not None:
                 self._sources = dict(sources)
+            if update is not _UNSET:
+                self._update = update
         if self._session is not None:
             self._session.request_status()
 
     def _status_payload(self, state: str, birth: int, reason: str | None) -> bytes:
         with self._lock:
-            model, sources = self._model, dict(self._sources)
+            model, sources, update = self._model, dict(self._sources), self._update
         storage = self.outbox.storage() if self.outbox is not None else None
         failing = storage is not None and storage.condition != "ok"
         return Status(
@@ -312,17 +320,32 @@ class Link:
             reason=reason,
             storage=storage.condition if failing and storage is not None else None,
             storage_reason=storage.reason if failing and storage is not None else None,
+            update=update,
         ).to_bytes()
 
     # -- inbound ---------------------------------------------------------------------------------------------------
 
-    def subscribe(self, topic_filter: str, handler: MessageHandler, qos: int = 1) -> None:
-        """Calls `handler(message)` on the command thread for every message matching `topic_filter`."""
+    def subscribe(
+        self, topic_filter: str, handler: MessageHandler, qos: int = 1, *, direct: bool = False
+    ) -> None:
+        """Calls `handler(message)` for every message matching `topic_filter`: on the command thread, or with
+        `direct` on the network thread itself (for a handler that only hands the message on, e.g. repository
+        answers that arrive a hundred at a time and must not wait behind commands)."""
         with self._lock:
-            self._subscriptions.append((topic_filter, handler, qos))
+            (self._direct if direct else self._subscriptions).append((topic_filter, handler, qos))
             session = self._session
         if session is not None:
             session.add_subscription(topic_filter, qos)
+
+    def request(self, topic: str, payload: bytes, *, response_topic: str, correlation: bytes) -> bool:
+        """Publishes a request (QoS 1, MQTT 5 response topic and correlation data) while connected; False if not."""
+        validate_topic_name(topic)
+        validate_topic_name(response_topic)
+        session = self._session
+        if session is None or self.state().state != "connected":
+            return False
+        session.send(Outgoing(topic, payload, qos=1, correlation=correlation, response_topic=response_topic))
+        return True
 
     def _deliver(self, message: InboundMessage) -> None:
         """Called on the network thread for every inbound message: screens it and queues the work."""
@@ -338,7 +361,10 @@ class Link:
                 self._queue_work(lambda: self._answer(request, message.response_topic), "busy")
             return
         with self._lock:
+            direct = [h for f, h, _ in self._direct if topic_matches_sub(f, message.topic)]
             handlers = [h for f, h, _ in self._subscriptions if topic_matches_sub(f, message.topic)]
+        for handler in direct:
+            self._call_handler(handler, message)
         for handler in handlers:
             self._queue_work(lambda h=handler: self._call_handler(h, message), None)  # type: ignore[misc]
 

@@ -94,6 +94,19 @@ class ModelRef(BaseModel):
     version: int = Field(ge=0, description="Model version.")
 
 
+class UpdateBrief(BaseModel):
+    """Where a device's model update stands, for the retained status."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    state: str = Field(
+        max_length=32, description="offered | refused | downloading | verifying | installed | failed"
+    )
+    name: str = Field(description="Model name of the release.")
+    version: int = Field(ge=0, description="Model version of the release.")
+    reason: str | None = Field(None, max_length=500, description="refused/failed: why, in one line.")
+
+
 class Status(Payload):
     """Retained on devices/{device}/status: online (birth) or offline (clean stop or last will)."""
 
@@ -119,6 +132,12 @@ class Status(Payload):
         None,
         exclude_if=_absent,
         description="Why, and how much is held in memory meanwhile (absent when storage is ok).",
+    )
+    update: UpdateBrief | None = Field(
+        None,
+        exclude_if=_absent,
+        description="The model update in progress or last decided: state and release (absent on a device that has "
+        "never had one).",
     )
 
 
@@ -258,6 +277,7 @@ __all__ = [
     "Status",
     "StorageCondition",
     "Telemetry",
+    "UpdateBrief",
     "describe_validation_error",
     "parse",
 ]
