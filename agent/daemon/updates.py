@@ -136,8 +136,7 @@ class UpdateService:
 
     def brief(self) -> tuple[str, str, int, str | None] | None:
         """(state, name, version, reason) of the update record, for the retained status."""
-        with self._lock:
-            record = self._last.record if self._last is not None else None
+        record = self._updater.record  # live: the check in progress updates it
         if record is None:
             return None
         return record.state.value, record.release.name, record.release.version, record.reason
@@ -146,7 +145,7 @@ class UpdateService:
         """The desired state, the update record and the last check's outcome, JSON-ready."""
         with self._lock:
             desired, last, at, checks = self._effective(), self._last, self._last_at, self._checks
-        record = last.record if last is not None else None
+        record = self._updater.record
         return {
             "desired": {"model": desired.model, "version": desired.version} if desired else None,
             "state": record.state.value if record is not None else None,

@@ -38,6 +38,7 @@ from agent.fleet.stream import EventStream, event_json, event_line
 from agent.fleet.view import FleetView
 from agent.fsutil import write_atomic
 from agent.link.wire import EventType
+from agent.release.formats import Desired
 from agent.term import console, print_json
 
 STATUS_ONCE_S = 2.0
@@ -130,6 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_connection_arguments(cmd, suppress=True)
     cmd.set_defaults(handler=run_cmd)
 
+    desire = sub.add_parser(
+        "desire", help="set (retained) the model release a device or a group should run; --clear removes it"
+    )
+    target = desire.add_mutually_exclusive_group(required=True)
+    target.add_argument("--device", metavar="ID", help="this device (overrides its group's)")
+    target.add_argument("--group", metavar="NAME", help="every device of this group")
+    desire.add_argument("model", nargs="?", metavar="NAME", help="model name")
+    desire.add_argument("version", nargs="?", type=_count, metavar="VERSION", help="model version")
+    desire.add_argument("--clear", action="store_true", help="remove the desired state instead")
+    add_connection_arguments(desire, suppress=True)
+    desire.set_defaults(handler=run_desire)
+
     trust_cli.add_commands(sub)
     release_cli.add_commands(sub)
     from agent.fleet.serve import add_serve_parser  # the block repository (agent/fleet/serve.py)
@@ -203,6 +216,30 @@ def run_watch(args: argparse.Namespace, options: ConnectOptions) -> int:
 
 
 # -- cmd --------------------------------------------------------------------------------------------------------------
+
+
+def run_desire(args: argparse.Namespace, options: ConnectOptions) -> int:
+    """`edge-fleet desire`: publishes (retained) or clears the desired state of a device or a group."""
+    if args.clear == (args.model is not None):
+        raise UsageError("give NAME VERSION, or --clear alone")
+    if args.model is not None and args.version is None:
+        raise UsageError("give the model version too")
+    layout = options.topics()
+    topic = (
+        layout.device(args.device).desired if args.device else layout.device("x").group_desired(args.group)
+    )
+    payload = (
+        b""
+        if args.clear
+        else Desired(model=args.model, version=args.version).model_dump_json(by_alias=True).encode()
+    )
+    with FleetClient(options) as client:
+        client.publish(topic, payload, retain=True)
+    notice(
+        f"{'cleared' if args.clear else 'set'} {topic}"
+        + ("" if args.clear else f": {args.model} v{args.version}")
+    )
+    return EXIT_OK
 
 
 def run_cmd(args: argparse.Namespace, options: ConnectOptions) -> int:

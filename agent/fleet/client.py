@@ -223,11 +223,12 @@ class FleetClient:
         *,
         response_topic: str | None = None,
         correlation: bytes | None = None,
+        retain: bool = False,
     ) -> None:
         """Publishes at QoS 1 (with MQTT 5 response topic and correlation data) and waits for the PUBACK."""
         properties = publish_properties(response_topic, correlation)
         try:
-            info = self._client.publish(topic, payload, qos=1, properties=properties)
+            info = self._client.publish(topic, payload, qos=1, retain=retain, properties=properties)
         except ValueError as problem:
             raise BrokerRefused(f"cannot publish to {topic}: {problem}") from None
         self._check(info.rc)
