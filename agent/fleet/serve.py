@@ -284,11 +284,26 @@ def request_filter(options: ConnectOptions, fleet: str | None, share_group: str 
 
 
 def tick_hook(args: argparse.Namespace, store: Store) -> Callable[[], None] | None:
-    """What runs every `TICK_S` seconds in this copy: nothing yet.
+    """What runs every `TICK_S` seconds in this copy: with `--sign-timestamp KEY` (exactly one copy of the fleet's
+    servers is given it), the timestamp is re-signed before it expires (and the snapshot too, with `--sign-snapshot`);
+    the other copies only read the store."""
+    if args.sign_timestamp is None:
+        return None
+    from agent.fleet.keys import load_signer, read_passphrase
+    from agent.fleet.trust import resign_timestamp
 
-    Hook for `--sign-timestamp KEY` (exactly one copy re-signs): return a callable that calls
-    `resign_timestamp(store.root, key, ...)` from agent/fleet/repository.py before the timestamp expires."""
-    return None
+    passphrase = read_passphrase(args.passphrase_file, os.environ)
+    timestamp = load_signer(args.sign_timestamp, passphrase)  # a bad key fails at start, not an hour later
+    snapshot = load_signer(args.sign_snapshot, passphrase) if args.sign_snapshot is not None else None
+
+    def resign() -> None:
+        done = resign_timestamp(args.store, timestamp, snapshot)
+        if done.timestamp is not None:
+            log.info("timestamp re-signed: v%d, expires %s", done.timestamp, done.timestamp_expires)
+            store.rescan()
+
+    resign()  # at start too: a server that was down for a day starts with a fresh timestamp
+    return resign
 
 
 def _rate(text: str) -> float | None:
@@ -359,6 +374,18 @@ def add_serve_parser(sub: Any) -> None:
         default=RESCAN_S,
         metavar="S",
         help=f"seconds between rescans of the store for new archives (default {RESCAN_S:g})",
+    )
+    serve.add_argument(
+        "--sign-timestamp",
+        type=Path,
+        metavar="KEYFILE",
+        help="re-sign the timestamp before it expires, with this online key (give it to exactly one copy)",
+    )
+    serve.add_argument(
+        "--sign-snapshot", type=Path, metavar="KEYFILE", help="also re-sign the snapshot when it expires"
+    )
+    serve.add_argument(
+        "--passphrase-file", type=Path, metavar="FILE", help="the keys' passphrase (else $EDGE_FLEET_KEY_PASSPHRASE)"
     )
     add_connection_arguments(serve, suppress=True)
     serve.set_defaults(handler=run_serve)
