@@ -9,6 +9,8 @@ Where rows live: in the database (ids > 0, AUTOINCREMENT, never reused) while it
 `memory_max_bytes`), sent from there when connected, and written to the database, oldest first, once it can be again
 (the upkeep retries opening and writing with backoff, `OutboxConfig.retry`, never a put). Puts go to memory as long as
 any row is held, so within a class every stored row comes before every held one and the order is kept across both.
+This module is the queue; opening the database, its faults, the storage condition and the retries that move held
+rows back are its base class, `OutboxStorage` in outbox_faults.py, which states their invariants.
 
 Handing out: `claim` gives the next rows not yet handed out (a cursor per class over the database, plus the ids
 handed out above it; a flag per held row), `unclaim` gives back rows paho did not take, `release` (the connection was
@@ -62,77 +64,40 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from agent.backoff import Backoff
-from agent.link.ballast import Ballast, free_bytes
+from agent.link.ballast import free_bytes
 from agent.link.config import OutboxConfig
 from agent.link.dbstore import DbStore
 from agent.link.errors import OutboxError
-from agent.link.handout import Handout
-from agent.link.held import HeldRows
 from agent.link.kinds import KINDS, PRIORITY, Kind, OutboxRow
+from agent.link.outbox_faults import OutboxStorage
 from agent.link.outboxstats import OutboxStats, StorageStatus
-from agent.link.payloads import StorageCondition
-from agent.link.sqlitedb import Corrupt, classify, is_disk_full, open_database, open_readonly
+from agent.link.sqlitedb import is_disk_full
 
 log = logging.getLogger("agent.link")
 
 LOW_SPACE_BYTES = 16 * 1024 * 1024
 """Below this much free disk the outbox checkpoints every quarter reserve of rows stored (see `_tight`)."""
-MOVE_BATCH = 256
-"""Held rows written to the database per transaction when it can be written again (the lock is let go between)."""
 
 
-class Outbox:
+class Outbox(OutboxStorage):
     """A bounded, prioritized, durable queue of MQTT messages, held in memory while its disk fails."""
 
     def __init__(
         self, path: Path, config: OutboxConfig | None = None, clock: Callable[[], float] = time.time
     ) -> None:
-        self.path = path
-        self.config = config or OutboxConfig()
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._dropped: dict[str, dict[str, int]] = {kind: {} for kind in KINDS}
+        super().__init__(path, config or OutboxConfig(), clock)  # opens the database, or holds rows in memory
         self._puts = 0
-        self._errors = 0
-        self._dirty = False
         self._last_checkpoint = 0.0
         self._unchecked = 0
         """Bytes stored since the last checkpoint: a checkpoint may have to grow the file by about that much."""
         self._tight = False
         """Free disk is below LOW_SPACE_BYTES: checkpoint every reserve_bytes / 4 stored, so that on a full disk the
         reserve covers the checkpoint that lets the WAL start over (the checkpoint adds the new pages to the file)."""
-        self._checkpoint_lock = threading.Lock()
-        self._closed = False
-        self._store: DbStore | None = None
-        self._held = HeldRows(self.config.memory_max_bytes)
         self._held_seq = 0
-        self._moved = 0
-        self._writable = False
-        self._full_seen = False
-        self._condition: StorageCondition = "ok"
-        self._reason: str | None = None
-        self._since = clock()
-        self._retry = Backoff(self.config.retry)
-        self._next_retry = 0.0
-        self._out = Handout()
-        self._corrupt: list[Corrupt] = []
-        self._changes: list[StorageStatus] = []
-        self._ballast = Ballast(path.with_name(f"{path.name}.ballast"), self.config.reserve_bytes)
-        self._checkpointer: sqlite3.Connection | None = None
-        fresh, problem = self._open()
-        with self._lock:
-            if fresh is not None:
-                self._attach(fresh)
-            else:
-                assert problem is not None
-                self._degrade(problem)
-                self._fall_back_to_reading()
 
     # -- writing -------------------------------------------------------------------------------------------------
 
@@ -209,12 +174,6 @@ class Outbox:
             for victim, count in evicted.items():
                 self._count_drop(victim, "evicted", count)
 
-    def _checkpoint_here(self, store: DbStore) -> None:
-        try:
-            store.checkpoint()
-        except (sqlite3.Error, OSError) as problem:
-            log.debug("outbox %s: checkpoint on a full disk failed (%s)", self.path, problem)
-
     def _hold(self, row: OutboxRow, size: int) -> bool:
         self._held_seq += 1
         row = OutboxRow(-self._held_seq, row.kind, row.topic, row.payload, row.qos, row.retain, row.created)
@@ -226,205 +185,6 @@ class Outbox:
             return False
         self._puts += 1
         return True
-
-    def _disk_full_seen(self) -> None:
-        self._full_seen = True
-        if self._ballast.release():
-            log.warning("outbox %s: disk full; reserve %s given back", self.path, self._ballast.path)
-        if self._writable:
-            self._set_condition("full", "disk full")
-
-    def _count_drop(self, kind: Kind, reason: str, count: int = 1) -> None:
-        reasons = self._dropped[kind]
-        reasons[reason] = reasons.get(reason, 0) + count
-
-    # -- storage condition ---------------------------------------------------------------------------------------
-
-    def _open(self) -> tuple[DbStore | None, BaseException | None]:
-        """A writable store on a fresh connection, or the failure (no lock held: opening may wait on the disk)."""
-        try:
-            db, corrupt = open_database(self.path, self.config.sync, self._clock)
-        except OutboxError as problem:
-            return None, problem
-        if corrupt is not None:
-            with self._lock:
-                self._corrupt.append(corrupt)
-        try:
-            store = DbStore(db, self.path, writable=True)
-        except sqlite3.Error as problem:
-            db.close()
-            return None, problem
-        self._ballast.ensure()
-        return store, None
-
-    def _attach(self, store: DbStore) -> None:
-        """Makes `store` the database (lock held). Rows handed out from the older connection stay handed out (their
-        acks delete them by id and creation time); the cursors start over."""
-        old, self._store = self._store, store
-        if old is not None:
-            old.close()
-        self._close_checkpointer()
-        self._out.cursor.clear()
-        self._writable = not self._held and not self._out.settled
-        if self._writable:
-            self._recovered()
-
-    def _recovered(self) -> None:
-        self._retry.reset()
-        if self._ballast.present:
-            self._full_seen = False
-        self._set_condition("full" if self._full_seen else "ok", "disk full" if self._full_seen else None)
-
-    def _degrade(self, problem: BaseException) -> None:
-        """The database cannot take rows now: new ones are held in memory until a retry succeeds (lock held)."""
-        condition, reason = classify(problem, self.path.parent)
-        self._errors += 1
-        self._writable = False
-        if condition == "full":
-            self._full_seen = True
-            self._ballast.release()
-        self._set_condition(condition, reason)
-        now = time.monotonic()
-        if self._next_retry <= now:
-            self._next_retry = now + self._retry.next_delay()
-
-    def _lose_store(self, problem: BaseException) -> None:
-        """The connection cannot even be read: closed, its rows out of sight until a retry opens the file again."""
-        log.warning("outbox %s: cannot read (%s); reopening later", self.path, problem)
-        store, self._store = self._store, None
-        if store is not None:
-            store.close()
-        self._out.cursor.clear()
-        self._degrade(problem)
-
-    def _fall_back_to_reading(self) -> None:
-        if self._store is None:
-            db = open_readonly(self.path)
-            if db is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    self._store = DbStore(db, self.path, writable=False)
-
-    def _set_condition(self, condition: StorageCondition, reason: str | None) -> None:
-        if condition == self._condition and reason == self._reason:
-            return
-        was, self._condition, self._reason = self._condition, condition, reason
-        if condition != was:
-            self._since = self._clock()
-            self._changes.append(self._status())
-        if condition == "ok":
-            log.info("outbox %s: storage recovered (was %s)", self.path, was)
-        elif condition != was:
-            log.warning("outbox %s: %s", self.path, self._status().describe())
-
-    def storage(self) -> StorageStatus:
-        """Whether the outbox can store (ok, read-only, full, unavailable), why not, and what is held in memory."""
-        with self._lock:
-            return self._status()
-
-    def take_storage_changes(self) -> list[StorageStatus]:
-        """Every change of the storage condition since the last call, oldest first (even one that lasted a moment)."""
-        with self._lock:
-            found, self._changes = self._changes, []
-            return found
-
-    def _status(self) -> StorageStatus:
-        return StorageStatus(
-            self._condition,
-            self._reason,
-            self._since,
-            self._writable,
-            {kind: count for kind, count in self._held.rows.items()},
-            self._held.total_bytes,
-            self._held.max_bytes,
-            self._moved,
-        )
-
-    def take_corrupt(self) -> list[Corrupt]:
-        """Corrupt databases moved aside since the last call (at open, or when a retry opened the file again)."""
-        with self._lock:
-            found, self._corrupt = self._corrupt, []
-            return found
-
-    def retry_storage(self) -> bool:
-        """Tries now to open or write the database again and move what is held in memory there; True if it can store.
-
-        `maintain` calls it when the backoff says so; it waits on the disk, never on the lock for long."""
-        with self._lock:
-            if self._closed:
-                return False
-            if self._writable:
-                return True
-            reuse = self._store is not None and self._store.writable and self._condition == "full"
-        if not reuse:
-            fresh, problem = self._open()
-            with self._lock:
-                if self._closed:
-                    if fresh is not None:
-                        fresh.close()
-                    return False
-                if fresh is None:
-                    assert problem is not None
-                    self._degrade(problem)
-                    self._fall_back_to_reading()
-                    return False
-                self._attach(fresh)
-                if self._writable:
-                    return True
-        else:
-            self._ballast.ensure()
-        return self._move_held()
-
-    def _move_held(self) -> bool:
-        """Deletes what was delivered meanwhile, then writes the held rows to the database, oldest first."""
-        with self._lock:
-            store = self._store
-            if store is None or self._closed:
-                return False
-            if self._out.settled:
-                try:
-                    store.purge(self._out.settled.items())
-                except (sqlite3.Error, OSError) as problem:
-                    self._degrade(problem)
-                    return False
-                self._out.settled.clear()
-        while True:
-            with self._lock:
-                if self._closed or self._store is not store:
-                    return False
-                if not self._held:
-                    self._writable = True
-                    self._dirty = True
-                    self._recovered()
-                    return True
-                failure = self._move_batch(store)
-                if failure is not None:
-                    self._degrade(failure)
-                    return False
-
-    def _move_batch(self, store: DbStore) -> BaseException | None:
-        batch = self._held.first(MOVE_BATCH)
-        for attempt in range(2):
-            evicted: dict[Kind, int] = {}
-            try:
-                placed, refused = store.insert_batch(batch, self.config.max_bytes, self._full_seen, evicted)
-            except (sqlite3.Error, OSError) as problem:
-                if attempt == 0 and is_disk_full(problem):
-                    self._disk_full_seen()
-                    self._checkpoint_here(store)
-                    continue
-                return problem
-            for victim, count in evicted.items():
-                self._count_drop(victim, "evicted", count)
-            for entry in refused:
-                self._held.remove(entry.row.id)
-                self._count_drop(entry.row.kind, "full")
-            for entry, new_id in placed:
-                self._held.remove(entry.row.id)
-                if entry.claimed:  # in flight: its ack names the held id
-                    self._out.moved(entry.row.id, new_id, entry.row.created)
-            self._moved += len(placed)
-            return None
-        return None  # pragma: no cover - the loop always returns
 
     # -- handing out and settling --------------------------------------------------------------------------------
 
@@ -600,13 +360,6 @@ class Outbox:
                 self._errors += 1
                 known = self._condition != "ok"
             (log.debug if known else log.warning)("outbox %s: checkpoint failed (%s)", self.path, failure)
-
-    def _close_checkpointer(self) -> None:
-        with self._checkpoint_lock:
-            if self._checkpointer is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    self._checkpointer.close()
-                self._checkpointer = None
 
     def stats(self) -> OutboxStats:
         """Rows and bytes waiting by class (stored and held), drops by class and reason, and the storage condition."""
