@@ -185,3 +185,78 @@ def test_a_broker_restart_in_the_middle_of_a_download_does_not_stop_it(
         slow.terminate()
         slow.wait(10)
     assert code == 0 and "Traceback" not in output, output
+
+
+def slow_serve(broker: Broker, repo: Path, rate: str = "1") -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agent.fleet",
+            *connection(broker, "repo-1"),
+            "serve",
+            "--store",
+            str(repo),
+            "--rate",
+            rate,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_a_sigkilled_agent_resumes_its_download_after_the_restart_and_installs_a_whole_bundle(
+    broker: Broker, repo: Path, devices: list[DaemonDir]
+) -> None:
+    server = slow_serve(broker, repo)
+    folder = devices[0]
+    folder.write(device_config(broker, "cam-1", "g1", repo) + "request_timeout_s = 3\n")
+    process = start_daemon(folder)
+    try:
+        wait_status(folder, lambda s: s["link"].get("state") == "connected", 30, "the link connected")
+        desire(broker, "g1", "digits-det", 2)
+        wait_status(
+            folder, lambda s: update_of(s).get("state") == "downloading", 60, "the download under way"
+        )
+        process.kill()  # SIGKILL in the middle of the download: no clean stop, no flush
+        process.wait(10)
+        assert not (folder.state / "models" / "digits-det" / "2").exists()
+        process = start_daemon(folder)
+        data = wait_status(folder, lambda s: update_of(s).get("state") == "installed", 120, "the install")
+        assert data["update"]["release"] == {"name": "digits-det", "version": 2}
+        versions = sorted(p.name for p in (folder.state / "models" / "digits-det").iterdir())
+        assert versions == ["2", "archives"], versions  # nothing half-done beside the whole bundle
+    finally:
+        code, output, _ = stop(process)
+        server.terminate()
+        server.wait(10)
+    assert code == 0 and "Traceback" not in output, output
+
+
+def test_a_tampered_archive_in_the_store_is_never_installed_over_mqtt(
+    broker: Broker, repo: Path, serve: subprocess.Popen[str], devices: list[DaemonDir]
+) -> None:
+    (stored,) = (repo / "targets" / "bundles" / "digits-det").glob("*.2.tar")
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte of the signed archive changed on the repository's disk
+    stored.write_bytes(bytes(data))
+    folder = devices[0]
+    folder.write(device_config(broker, "cam-1", "g1", repo) + "request_timeout_s = 2\nmax_tries = 2\n")
+    process = start_daemon(folder)
+    try:
+        wait_status(folder, lambda s: s["link"].get("state") == "connected", 30, "the link connected")
+        desire(broker, "g1", "digits-det", 2)
+        data_ = wait_status(
+            folder,
+            lambda s: update_of(s).get("state") in ("failed", "refused"),
+            90,
+            "the tampered release stopped",
+        )
+        assert not (folder.state / "models" / "digits-det" / "2").exists()
+        assert data_["model"]["version"] == 1, "the model in service is untouched"
+        assert any(e["type"] == "update" and e["severity"] in ("warning", "error") for e in data_["events"])
+    finally:
+        code, output, _ = stop(process)
+    assert code == 0 and "Traceback" not in output, output
