@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.config import AgentConfig, apply_patch, load_config
-from agent.daemon.commands import CommandPorts, DeviceCommands
 from agent.daemon.control import ControlServer
 from agent.daemon.events import EventLog
 from agent.daemon.model_service import ModelService
@@ -209,6 +208,7 @@ class Daemon:
         """Starts the uplink when the link is enabled; paho, ssl and sqlite load only on a device that uses them."""
         if not self.config.link.enabled:
             return
+        from agent.daemon.commands import CommandPorts, DeviceCommands
         from agent.daemon.uplink import Uplink, UplinkPorts
 
         commands = DeviceCommands(
