@@ -22,6 +22,7 @@ from rich.live import Live
 from agent import __version__
 from agent.errors import AgentError
 from agent.fleet import command, release_cli, trust_cli
+from agent.fleet.argtypes import count, seconds
 from agent.fleet.client import FleetClient
 from agent.fleet.errors import (
     EXIT_ERROR,
@@ -47,26 +48,6 @@ REFRESH_S = 0.5
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The whole command tree; connection flags go before or after the subcommand."""
     parser = argparse.ArgumentParser(
@@ -88,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--once", action="store_true", help="collect for --timeout seconds, print once, exit")
     status.add_argument(
         "--timeout",
-        type=_seconds,
+        type=seconds,
         metavar="S",
         help=f"--once: seconds to collect (default {STATUS_ONCE_S:g}); live: stop after S seconds",
     )
@@ -107,9 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     watch.add_argument("--json", action="store_true", help="print each event's payload as one JSON line")
     watch.add_argument(
-        "--count", type=_count, metavar="N", help="exit after N events (exit 1 if --timeout ends first)"
+        "--count", type=count, metavar="N", help="exit after N events (exit 1 if --timeout ends first)"
     )
-    watch.add_argument("--timeout", type=_seconds, metavar="S", help="exit after S seconds")
+    watch.add_argument("--timeout", type=seconds, metavar="S", help="exit after S seconds")
     add_connection_arguments(watch, suppress=True)
     watch.set_defaults(handler=run_watch)
 
@@ -121,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cmd.add_argument(
         "--timeout",
-        type=_seconds,
+        type=seconds,
         default=CMD_TIMEOUT_S,
         metavar="S",
         help="seconds to wait for the reply (default 10)",
@@ -138,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--device", metavar="ID", help="this device (overrides its group's)")
     target.add_argument("--group", metavar="NAME", help="every device of this group")
     desire.add_argument("model", nargs="?", metavar="NAME", help="model name")
-    desire.add_argument("version", nargs="?", type=_count, metavar="VERSION", help="model version")
+    desire.add_argument("version", nargs="?", type=count, metavar="VERSION", help="model version")
     desire.add_argument("--clear", action="store_true", help="remove the desired state instead")
     add_connection_arguments(desire, suppress=True)
     desire.set_defaults(handler=run_desire)

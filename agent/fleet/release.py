@@ -21,7 +21,6 @@ published one.
 from __future__ import annotations
 
 import json
-import tarfile
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,7 +36,14 @@ from agent.fleet.errors import ReleaseRefused, StoreError
 from agent.fleet.repository import Expiry, FileRepository, ProgressFn, Signers, utc_now
 from agent.fsutil import write_atomic
 from agent.inference.manifest import Manifest
-from agent.release.archive import MANIFEST, MAX_MANIFEST_BYTES, pack, read_listing, unpack
+from agent.release.archive import (
+    MANIFEST,
+    ArchiveError,
+    pack,
+    read_head,
+    read_listing,
+    unpack,
+)
 from agent.release.chunking import block_index
 from agent.release.formats import (
     Activation,
@@ -84,22 +90,11 @@ class ReleaseRow:
 def read_manifest(archive: Path) -> Manifest:
     """The bundle manifest at the head of an archive (ReleaseRefused when it is not a bundle archive)."""
     try:
-        with tarfile.open(archive, mode="r:") as tar:
-            first = tar.next()
-            if (
-                first is None
-                or first.name != MANIFEST
-                or not first.isreg()
-                or first.size > MAX_MANIFEST_BYTES
-            ):
-                raise ReleaseRefused(f"{archive} is not a bundle archive: it does not start with {MANIFEST}")
-            source = tar.extractfile(first)
-            assert source is not None
-            data = source.read(MAX_MANIFEST_BYTES + 1)
+        data = read_head(archive)
     except FileNotFoundError:
         raise ReleaseRefused(f"archive {archive} does not exist") from None
-    except (tarfile.TarError, OSError) as problem:
-        raise ReleaseRefused(f"{archive} is not a bundle archive: {problem}") from None
+    except ArchiveError as problem:
+        raise ReleaseRefused(str(problem)) from None
     read_listing(data)  # the release format's own reading of name, version and files (ArchiveError otherwise)
     try:
         return Manifest.model_validate_json(data)

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import math
 import os
 import signal
 import sys
@@ -49,6 +48,7 @@ from typing import Any
 
 from agent.backoff import Backoff
 from agent.fleet.answers import BadRequest, answer, parse_request, refusal
+from agent.fleet.argtypes import rate, seconds, window
 from agent.fleet.client import RECONNECT, ConnectionLost, FleetClient
 from agent.fleet.errors import EXIT_OK, BrokerRefused, UsageError
 from agent.fleet.options import ConnectOptions, add_connection_arguments
@@ -306,36 +306,6 @@ def tick_hook(args: argparse.Namespace, store: Store) -> Callable[[], None] | No
     return resign
 
 
-def _rate(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be 0 (no limit) or more: {text!r}")
-    return value or None
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be between 1 and 65535: {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
-    return value
-
-
 def add_serve_parser(sub: Any) -> None:
     """Adds `serve` to edge-fleet's subcommands (`sub`: argparse's subparsers action)."""
     serve = sub.add_parser(
@@ -350,14 +320,14 @@ def add_serve_parser(sub: Any) -> None:
     )
     serve.add_argument(
         "--rate",
-        type=_rate,
+        type=rate,
         default=RATE_PER_S,
         metavar="N",
         help=f"publishes per second at most (default {RATE_PER_S:g}, AWS IoT Core's limit; 0: no limit)",
     )
     serve.add_argument(
         "--window",
-        type=_positive_int,
+        type=window,
         default=WINDOW,
         metavar="N",
         help=f"answers unacknowledged at once (default {WINDOW}; the broker's Receive Maximum caps it)",
@@ -370,7 +340,7 @@ def add_serve_parser(sub: Any) -> None:
     )
     serve.add_argument(
         "--rescan",
-        type=_seconds,
+        type=seconds,
         default=RESCAN_S,
         metavar="S",
         help=f"seconds between rescans of the store for new archives (default {RESCAN_S:g})",
@@ -385,7 +355,10 @@ def add_serve_parser(sub: Any) -> None:
         "--sign-snapshot", type=Path, metavar="KEYFILE", help="also re-sign the snapshot when it expires"
     )
     serve.add_argument(
-        "--passphrase-file", type=Path, metavar="FILE", help="the keys' passphrase (else $EDGE_FLEET_KEY_PASSPHRASE)"
+        "--passphrase-file",
+        type=Path,
+        metavar="FILE",
+        help="the keys' passphrase (else $EDGE_FLEET_KEY_PASSPHRASE)",
     )
     add_connection_arguments(serve, suppress=True)
     serve.set_defaults(handler=run_serve)

@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.fleet.argtypes import count
 from agent.fleet.errors import EXIT_OK, UsageError
 from agent.fleet.render import notice
 
@@ -51,17 +52,6 @@ def role_days(text: str) -> tuple[str, float]:
             f"expected ROLE=DAYS (more than 0) with ROLE one of {', '.join(ROLE_NAMES)}: {text!r}"
         )
     return role, value
-
-
-def threshold(text: str) -> int:
-    """A threshold: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
 
 
 def add_signing_arguments(parser: argparse.ArgumentParser, *, repo: bool = True) -> None:
@@ -296,7 +286,7 @@ def add_commands(sub: Any) -> None:
         )
         init.add_argument(
             f"--{role}-threshold",
-            type=threshold,
+            type=count,
             required=required_threshold,
             default=None if required_threshold else 1,
             metavar="N",
@@ -325,7 +315,7 @@ def add_commands(sub: Any) -> None:
     setter.add_argument(
         "role", choices=ROLE_NAMES, metavar="ROLE", help="root, targets, snapshot or timestamp"
     )
-    setter.add_argument("threshold", type=threshold, metavar="N", help="signatures needed")
+    setter.add_argument("threshold", type=count, metavar="N", help="signatures needed")
     add_signing_arguments(setter)
     setter.set_defaults(handler=run_trust_set_threshold, offline=True)
 
@@ -341,7 +331,7 @@ def add_commands(sub: Any) -> None:
         help="a new root public key; repeatable",
     )
     rotate.add_argument(
-        "--root-threshold", type=threshold, required=True, metavar="N", help="root signatures needed"
+        "--root-threshold", type=count, required=True, metavar="N", help="root signatures needed"
     )
     add_signing_arguments(rotate)
     rotate.set_defaults(handler=run_trust_rotate, offline=True)

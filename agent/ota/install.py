@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
-import tarfile
 import uuid
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from agent.ota.errors import UpdateFailed, UpdateRefused
 from agent.ota.layout import ARCHIVES, Layout
 from agent.ota.partial import discard
 from agent.ota.state import ReleaseId
-from agent.release.archive import MANIFEST, MAX_MANIFEST_BYTES, ArchiveError, unpack
+from agent.release.archive import ArchiveError, read_head, unpack
 from agent.release.formats import ReleaseCustom
 
 
@@ -48,19 +47,9 @@ def verify_archive(updater: Updater, info: TargetFile, path: Path) -> None:
 def check_manifest(archive: Path, custom: ReleaseCustom) -> None:
     """The bundle's manifest (the archive's first entry) must say what the signed release says."""
     try:
-        with tarfile.open(archive, mode="r:") as tar:
-            first = tar.next()
-            if (
-                first is None
-                or first.name != MANIFEST
-                or not first.isreg()
-                or first.size > MAX_MANIFEST_BYTES
-            ):
-                return  # not a bundle: the unpacker refuses it with the precise reason
-            source = tar.extractfile(first)
-            data = source.read(MAX_MANIFEST_BYTES) if source is not None else b""
-    except (tarfile.TarError, OSError):
-        return
+        data = read_head(archive)
+    except (ArchiveError, OSError):
+        return  # not a bundle: the unpacker refuses it with the precise reason
     try:
         manifest = Manifest.model_validate_json(data)
     except ValidationError as problem:

@@ -62,6 +62,30 @@ def read_listing(data: bytes) -> _Listing:
         ) from None
 
 
+def read_head(archive: Path) -> bytes:
+    """The manifest.json bytes at the head of a bundle archive; ArchiveError when the archive does not start with one
+    (FileNotFoundError when there is no such file)."""
+    try:
+        with tarfile.open(archive, mode="r:") as tar:
+            first = tar.next()
+            if (
+                first is None
+                or first.name != MANIFEST
+                or not first.isreg()
+                or first.size > MAX_MANIFEST_BYTES
+            ):
+                raise ArchiveError(
+                    f"{archive.name} is not a bundle archive: it does not start with {MANIFEST}"
+                )
+            source = tar.extractfile(first)
+            assert source is not None  # a regular file
+            return source.read(MAX_MANIFEST_BYTES + 1)
+    except FileNotFoundError:
+        raise
+    except (tarfile.TarError, OSError) as problem:
+        raise ArchiveError(f"{archive} is not a bundle archive: {problem}") from None
+
+
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode = size, 0, 0o644
@@ -209,4 +233,4 @@ def _remove(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-__all__ = ["MANIFEST", "ArchiveError", "pack", "read_listing", "unpack"]
+__all__ = ["MANIFEST", "ArchiveError", "pack", "read_head", "read_listing", "unpack"]
