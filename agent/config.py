@@ -218,7 +218,8 @@ class AgentConfig(Section):
     link: LinkConfig = Field(default_factory=LinkConfig, description="Fleet MQTT link.")
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Durable outbox for the link.")
     ota: OtaConfig = Field(
-        default_factory=OtaConfig, description="Signed model updates over the fleet link (needs link.enabled)."
+        default_factory=OtaConfig,
+        description="Signed model updates over the fleet link (needs link.enabled).",
     )
 
     @model_validator(mode="after")
@@ -435,6 +436,17 @@ def save_overrides(state_dir: Path, patch: Mapping[str, Any]) -> dict[str, Any]:
         state_dir / OVERRIDES_NAME, json.dumps(merged, indent=2, sort_keys=True).encode(), mode=0o600
     )
     return merged
+
+
+def source_kind(config: AgentConfig) -> str:
+    """What the configured source delivers: `window` (sensor windows) or `frame`."""
+    return "window" if getattr(config.source, "window", None) else "frame"
+
+
+def source_channels(config: AgentConfig) -> tuple[str, ...] | None:
+    """The configured sensor source's channel names, in column order (None for frames)."""
+    channels = getattr(config.source, "channels", None)
+    return tuple(channels) if channels else None
 
 
 def default_bundle(state_dir: Path) -> Path:

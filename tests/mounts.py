@@ -13,6 +13,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -136,13 +137,20 @@ def _can_mount(scratch: Path) -> str | None:
     return None
 
 
+def _unavailable(why: str) -> NoReturn:
+    """Skipped on a workstation that cannot mount; under CI (root, loop devices) a missing capability fails loudly."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI runs the storage-fault tests for real, but: {why}")
+    pytest.skip(why)
+
+
 @pytest.fixture
 def mounts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounts]:
     """Real mounts for one test, all undone at teardown (request it before `links`, so links stop first)."""
     scratch = tmp_path_factory.mktemp("mounts")
     why = _can_mount(scratch)
     if why is not None:
-        pytest.skip(why)
+        _unavailable(why)
     made = Mounts(scratch)
     try:
         yield made
@@ -155,7 +163,7 @@ def needs_ext4_errors(mounts: Mounts, path: Path) -> Ext4:
     try:
         ext4 = mounts.ext4(path)
     except (RuntimeError, OSError) as problem:
-        pytest.skip(f"no ext4 loop mount here: {problem}")
+        _unavailable(f"no ext4 loop mount here: {problem}")
     if not Path(f"/sys/fs/ext4/{Path(ext4.device).name}/trigger_fs_error").exists():
-        pytest.skip("this kernel cannot trigger an ext4 error")
+        _unavailable("this kernel cannot trigger an ext4 error")
     return ext4

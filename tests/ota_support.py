@@ -33,7 +33,6 @@ from tuf.api.metadata import (
     Timestamp,
 )
 
-from agent.backoff import BackoffConfig
 from agent.errors import LinkError
 from agent.inference.bundle import file_entry
 from agent.ota import DeviceFacts, ModelUpdater, OtaConfig
@@ -424,7 +423,7 @@ def device_config(trust_root: Path, **changes: Any) -> OtaConfig:
         "request_blocks": 4,
         "window_blocks": 8,
         "max_tries": 4,
-        "retry": BackoffConfig(initial_s=0.01, max_s=0.05, multiplier=2, jitter=0.1),
+        "retry": {"initial_s": 0.01, "max_s": 0.05, "multiplier": 2, "jitter": 0.1},
         "progress_interval_s": 0.0,
     }
     values.update(changes)

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.config import AgentConfig, default_bundle
+from agent.config import AgentConfig, default_bundle, source_channels, source_kind
 from agent.daemon.ports import Reporter
-from agent.daemon.serving import Pipeline, PipelinePorts, source_channels, source_kind
+from agent.daemon.serving import Pipeline, PipelinePorts
 from agent.daemon.slot import Outcome, SlotState, evidence_of, self_test
 from agent.errors import AgentError, ModelError
 from agent.inference import Model

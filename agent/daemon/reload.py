@@ -21,7 +21,7 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, source_kind
 
 PIPELINE_SECTIONS = frozenset({"source", "pipeline", "monitor", "snapshots"})
 UPLINK_SECTIONS = frozenset({"link", "outbox", "device", "ota"})
@@ -56,10 +56,6 @@ def changed_sections(old: AgentConfig, new: AgentConfig) -> list[str]:
     return [key for key in after if before.get(key) != after.get(key)]
 
 
-def _kind(config: AgentConfig) -> str:
-    return "window" if getattr(config.source, "window", None) else "frame"
-
-
 def plan_reload(old: AgentConfig, new: AgentConfig, only: Iterable[str] | None = None) -> ReloadPlan:
     """The steps that take the running `old` config to `new` (restricted to the `only` sections when given)."""
     changed = changed_sections(old, new)
@@ -70,7 +66,7 @@ def plan_reload(old: AgentConfig, new: AgentConfig, only: Iterable[str] | None =
     steps: set[Step] = set()
     if "log_level" in names:
         steps.add(Step.SET_LOG_LEVEL)
-    if "model" in names or ("source" in names and _kind(old) != _kind(new)):
+    if "model" in names or ("source" in names and source_kind(old) != source_kind(new)):
         steps |= {Step.LOAD_MODEL, Step.RESTART_PIPELINE}
     if names & PIPELINE_SECTIONS:
         steps.add(Step.RESTART_PIPELINE)

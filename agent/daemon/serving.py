@@ -41,17 +41,6 @@ class PipelinePorts:
     uplink_sinks: Callable[[], Sequence[Sink]]
 
 
-def source_kind(config: AgentConfig) -> str:
-    """What the configured source delivers: `window` (sensor windows) or `frame`."""
-    return "window" if getattr(config.source, "window", None) else "frame"
-
-
-def source_channels(config: AgentConfig) -> tuple[str, ...] | None:
-    """The configured sensor source's channel names, in column order (None for frames)."""
-    channels = getattr(config.source, "channels", None)
-    return tuple(channels) if channels else None
-
-
 def make_local_sinks(config: AgentConfig) -> list[Sink]:
     """The local result sinks the config asks for; a file that cannot be opened is an error naming the key."""
     sinks: list[Sink] = []

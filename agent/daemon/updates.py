@@ -166,7 +166,7 @@ def start_updates(
     serving: Callable[[], tuple[str, int] | None],
 ) -> UpdateService:
     """Builds the updater over the link, subscribes to the device's and its group's desired state, and starts it."""
-    from agent.daemon.serving import source_kind
+    from agent.config import source_kind
     from agent.ota.mqtt_port import MqttRepoPort
 
     updater = ModelUpdater(

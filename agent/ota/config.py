@@ -7,14 +7,19 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agent.backoff import BackoffConfig
+from agent.backoff import BackoffConfig, InitialSeconds, Jitter, MaxSeconds
 from agent.release.formats import MAX_BLOCKS_PER_REQUEST
 
 DEFAULT_TRUST_ROOT = Path("/etc/edge-agent/trust/root.json")
 
 
-def _retry_default() -> BackoffConfig:
-    return BackoffConfig(initial_s=1.0, max_s=30.0, multiplier=2.0, jitter=0.2)
+class OtaRetryConfig(BackoffConfig):
+    """Waits before missing blocks are asked again: the shared backoff shape with the updater's defaults (a partial
+    `[ota.retry]` table keeps them for the keys it leaves out)."""
+
+    initial_s: InitialSeconds = 1.0
+    max_s: MaxSeconds = 30.0
+    jitter: Jitter = 0.2
 
 
 class OtaConfig(BaseModel):
@@ -61,8 +66,8 @@ class OtaConfig(BaseModel):
         title="Tries per block",
         description="Requests of one block before the transfer fails.",
     )
-    retry: BackoffConfig = Field(
-        default_factory=_retry_default,
+    retry: OtaRetryConfig = Field(
+        default_factory=OtaRetryConfig,
         title="Re-request backoff",
         description="Waits before missing blocks are asked again, seconds (1 s doubling to 30 s, ±20 %).",
     )
