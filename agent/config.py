@@ -163,11 +163,10 @@ class AnomalyConfig(Section):
 
 
 class DriftConfig(Section):
-    """Data drift against the bundle's reference statistics."""
+    """Data drift: a site baseline with calibrated thresholds (the alarm), the bundle's reference (information)."""
 
     enabled: bool = Field(True, description="Watch input and output statistics for drift.")
-    every_n: int = Field(300, ge=10, description="Compare with the reference every n items.")
-    psi_threshold: float = Field(0.2, gt=0, description="Population stability index that counts as drift.")
+    every_n: int = Field(100, ge=10, description="Items per comparison window; a multiple of `input_every`.")
     input_every: int = Field(
         4,
         ge=1,
@@ -175,6 +174,41 @@ class DriftConfig(Section):
         description="Input statistics from every n-th item (consecutive frames are alike; this keeps the monitor off "
         "the loop's critical path); outputs are counted on every item.",
     )
+    ert_items: float = Field(
+        1_000_000,
+        gt=0,
+        description="Expected run time between false alarms on unchanged data, in items (10 fps: 1e6 is ~28 h). "
+        "The thresholds are calibrated for it.",
+    )
+    baseline_items: int = Field(
+        3000,
+        ge=100,
+        description="Items after a model comes into service that the site baseline is learnt from (at least 10 "
+        "windows; more gives tighter thresholds).",
+    )
+    clear_windows: int = Field(3, ge=1, description="Quiet windows in a row that end a drift episode.")
+    update_windows: int = Field(10, ge=1, description="A reminder every this many windows while drift lasts.")
+    psi_threshold: float | None = Field(
+        None,
+        gt=0,
+        description="Ignored (thresholds are calibrated now); accepted so that older configs load.",
+    )
+
+    @model_validator(mode="after")
+    def _window_fits(self) -> DriftConfig:
+        if self.every_n % self.input_every:
+            raise ValueError(
+                f"every_n ({self.every_n}) must be a multiple of input_every ({self.input_every})"
+            )
+        if self.ert_items <= 2 * self.every_n:
+            raise ValueError(
+                f"ert_items ({self.ert_items:g}) must be more than twice every_n ({self.every_n})"
+            )
+        if self.baseline_items < 2 * self.every_n:
+            raise ValueError(
+                f"baseline_items ({self.baseline_items}) must hold at least two windows of every_n ({self.every_n})"
+            )
+        return self
 
 
 class MonitorConfig(Section):

@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from agent.inference.bundler import init_bundle  # noqa: E402
 from agent.inference.manifest import ImageInput, WindowInput  # noqa: E402
+from agent.monitor.reference import feature_table  # noqa: E402
 
 # Latency budgets written into the manifests: invoke p99 on a Raspberry Pi 4 class device, with headroom.
 BUDGETS_MS = {"digits-cls": 5.0, "digits-det": 20.0, "motion-cls": 5.0, "motion-ae": 5.0}
@@ -60,6 +61,7 @@ def build_bundle(spec: dict[str, Any], stage: Path, models: Path) -> dict[str, A
         golden_count=4,
         description=spec.get("description", ""),
         latency_budgets=[{"device_class": "rpi4", "p99_ms": BUDGETS_MS[spec["name"]]}],
+        features=feature_table,
     )
     floats = models / "float"
     floats.mkdir(exist_ok=True)

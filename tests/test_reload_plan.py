@@ -26,7 +26,7 @@ CASES: list[tuple[str, dict[str, Any], tuple[str, ...], tuple[Step, ...]]] = [
     ("same kind of source", {"source": {"loop": False}}, ("source",), (S.RESTART_PIPELINE,)),
     ("frames to sensor windows", WINDOWS, ("source",), (S.LOAD_MODEL, S.RESTART_PIPELINE)),
     ("pipeline rate", {"pipeline": {"max_rate_hz": 2}}, ("pipeline",), (S.RESTART_PIPELINE,)),
-    ("monitor thresholds", {"monitor": {"drift": {"every_n": 50}}}, ("monitor",), (S.RESTART_PIPELINE,)),
+    ("monitor thresholds", {"monitor": {"drift": {"every_n": 48}}}, ("monitor",), (S.RESTART_PIPELINE,)),
     ("snapshot budget", {"snapshots": {"max_bytes": 2_000_000}}, ("snapshots",), (S.RESTART_PIPELINE,)),
     ("sinks only", {"sinks": {"jsonl": {"enabled": True}}}, ("sinks",), (S.REPLACE_SINKS,)),
     (

@@ -17,6 +17,7 @@ from agent.inference.manifest import ImageInput, InputContract, Task, WindowInpu
 from agent.inference.model import Model
 from agent.inference.options import RuntimeOptions
 from agent.inference.runtimes import TensorSpec, open_backend
+from agent.monitor.reference import feature_table
 from agent.term import console, print_json, table
 
 
@@ -229,6 +230,7 @@ def run_init(args: argparse.Namespace) -> int:
         output=output,
         golden_count=args.golden,
         tolerance=args.tolerance,
+        features=feature_table,
     )
     out = console()
     manifest = report.manifest

@@ -19,14 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import MonitorConfig, SnapshotConfig
+from agent.daemon.baseline import BaselineStore, Calibrator
 from agent.daemon.ports import Reporter
 from agent.errors import AgentError
 from agent.events import AgentEvent
 from agent.inference.reference import DriftReference
 from agent.monitor.anomaly import AnomalyRules, AnomalyTracker
-from agent.monitor.drift import DriftMonitor
+from agent.monitor.calibration import Calibration
+from agent.monitor.drift import BaselineJob, DriftMonitor
 from agent.monitor.health import ModelHealth
 from agent.monitor.metrics import LoopMetrics
+from agent.monitor.reference import bundle_calibration, spec_of
 from agent.pipeline import ActiveModel, LoopObserver, ResultRecord
 from agent.pipeline.sinks import ThreadedSink
 from agent.pipeline.snapshots import SnapshotStore
@@ -61,6 +64,8 @@ class Monitors(LoopObserver):
         )
         self._anomaly = AnomalyTracker(self._rules)
         self._drift: DriftMonitor | None = None
+        self._baselines = BaselineStore(ports.state_dir / "drift")
+        self._reset_baseline = False
         self._active = active
         self.health = ModelHealth(active.model.name, active.model.version, time.time())
         self.latest: Item | None = None
@@ -82,21 +87,7 @@ class Monitors(LoopObserver):
 
     def prepare_rebind(self, active: ActiveModel, count_swap: bool = True) -> Callable[[], None]:
         """Reads the new bundle's drift reference now; the returned call switches to it (cheap: run it at the swap)."""
-        drift: DriftMonitor | None = None
-        drift_config = self._ports.monitor.drift
-        reference_file = active.model.manifest.reference
-        if drift_config.enabled and reference_file:
-            try:
-                path = active.model.bundle.file(reference_file)
-                reference = DriftReference.model_validate_json(path.read_bytes())
-                drift = DriftMonitor(
-                    reference,
-                    every_n=drift_config.every_n,
-                    psi_threshold=drift_config.psi_threshold,
-                    input_every=drift_config.input_every,
-                )
-            except (OSError, ValueError, AgentError) as problem:
-                log.warning("drift monitoring off for %s: %s", active.model.name, problem)
+        drift = self._drift_monitor(active) if self._ports.monitor.drift.enabled else None
 
         def switch() -> None:
             self._active = active
@@ -107,6 +98,80 @@ class Monitors(LoopObserver):
                 self.metrics.record_swap()
 
         return switch
+
+    def _drift_monitor(self, active: ActiveModel) -> DriftMonitor | None:
+        """The drift monitor of a model: its bundle's thresholds, and its site baseline if one is stored."""
+        config, model = self._ports.monitor.drift, active.model
+        manifest = model.manifest
+        try:
+            spec = spec_of(manifest.input, manifest.task, model.bundle.labels)
+            bundle: Calibration | None = None
+            if manifest.reference:
+                reference = DriftReference.model_validate_json(
+                    model.bundle.file(manifest.reference).read_bytes()
+                )
+                bundle = bundle_calibration(
+                    reference.features,
+                    spec,
+                    every_n=config.every_n,
+                    input_every=config.input_every,
+                    ert_items=config.ert_items,
+                )
+            drift = DriftMonitor(
+                spec,
+                every_n=config.every_n,
+                input_every=config.input_every,
+                ert_items=config.ert_items,
+                baseline_items=config.baseline_items,
+                clear_windows=config.clear_windows,
+                update_windows=config.update_windows,
+                bundle=bundle,
+            )
+        except (OSError, ValueError, AgentError) as problem:
+            log.warning("drift monitoring off for %s: %s", model.name, problem)
+            return None
+        stored = self._baselines.load(model.name, model.version, spec.fingerprint)
+        if stored is not None and not (stored.calibration is not None and drift.install(stored.calibration)):
+            drift.resume(
+                stored.inputs, stored.outputs
+            )  # the rows fit, the thresholds do not: calibrate again
+        return drift
+
+    def reset_baseline(self) -> bool:
+        """Forgets the serving model's site baseline (files now, the monitor at its next item); True if one was kept."""
+        model = self._active.model
+        removed = self._baselines.remove(model.name, model.version)
+        self._reset_baseline = True
+        return removed
+
+    def _calibrated(self, drift: DriftMonitor, job: BaselineJob, calibration: Calibration) -> None:
+        model = self._active.model
+        if self._drift is not drift:
+            return  # the model changed while it calibrated
+        kept = "kept in memory only"
+        try:
+            self._baselines.save(model.name, model.version, job, calibration)
+            kept = "saved"
+        except OSError as problem:
+            log.warning("the site baseline of %s could not be saved: %s", model.name, problem)
+        if not drift.install(calibration):
+            return
+        self._ports.report(
+            "drift",
+            "info",
+            f"site baseline learnt from {calibration.items} items ({kept}); drift alarms from now on, "
+            f"thresholds for one false alarm per {calibration.ert_items:g} items",
+            {
+                "baseline_items": calibration.items,
+                "every_n": calibration.every_n,
+                "ert_items": calibration.ert_items,
+                "level": calibration.level,
+                "block_items": calibration.block_items,
+                "held_out_windows": calibration.held_out_windows,
+                "held_out_alarms": calibration.held_out_alarms,
+                "thresholds": {k: float(f"{v:.4g}") for k, v in calibration.thresholds.items()},
+            },
+        )
 
     # ------------------------------------------------------------------ loop hooks (inference thread)
 
@@ -123,10 +188,26 @@ class Monitors(LoopObserver):
             self._post(event, item if event.wants_snapshot and item.kind == "frame" else None)
         drift = self._drift
         if drift is not None:
+            if self._reset_baseline:
+                self._reset_baseline = False
+                drift.reset()
             drift_event = drift.observe(self._active.adapt(item), record.result)
             if drift_event is not None:
                 self._post(drift_event, None)
+            job = drift.pending()
+            if job is not None:
+                self._calibrate(drift, job)
         self.metrics.record_stage("monitors", time.perf_counter() - started)
+
+    def _calibrate(self, drift: DriftMonitor, job: BaselineJob) -> None:
+        def done(job: BaselineJob, calibration: Calibration) -> None:
+            self._calibrated(drift, job, calibration)
+
+        def failed(problem: str) -> None:
+            drift.calibration_failed(problem)
+            self._ports.report("drift", "warning", problem, {"baseline_items": len(job.outputs)})
+
+        Calibrator(job, done, failed).start()
 
     def on_error(self, item: Item, problem: Exception) -> None:
         """Counts the error; one `error` event per minute at most."""

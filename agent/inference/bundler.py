@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,11 @@ from agent.inference.reference import compute_reference
 from agent.inference.results import AnomalyResult, ClassificationResult, Result
 from agent.inference.runtimes import TensorSpec, open_backend, runtime_for
 from agent.types import int_range
+
+FeatureHook = Callable[
+    [InputContract, str, Sequence[str], Sequence[np.ndarray], Sequence[Result]], dict[str, Any]
+]
+"""Makes reference.json's `features` entry from the contract, task, labels, samples and the model's results."""
 
 
 @dataclass
@@ -214,8 +219,13 @@ def init_bundle(
     description: str = "",
     latency_budgets: Sequence[dict[str, Any]] = (),
     options: RuntimeOptions | None = None,
+    features: FeatureHook | None = None,
 ) -> InitReport:
-    """Writes a complete, verified bundle folder at `out` from a model file and sample inputs."""
+    """Writes a complete, verified bundle folder at `out` from a model file and sample inputs.
+
+    `features` (the drift monitor's `agent.monitor.reference.feature_table`, passed in by the CLI: the inference core
+    does not import the monitors) adds per-sample feature rows and calibrated drift thresholds to reference.json.
+    """
     if out.exists() and any(out.iterdir()):
         raise ManifestError(f"{out} exists and is not empty; choose a new folder")
     if not samples:
@@ -242,6 +252,7 @@ def init_bundle(
             description=description,
             latency_budgets=latency_budgets,
             options=options,
+            features=features,
         )
         if out.exists():
             out.rmdir()
@@ -271,6 +282,7 @@ def _build(
     description: str,
     latency_budgets: Sequence[dict[str, Any]],
     options: RuntimeOptions | None,
+    features: FeatureHook | None = None,
 ) -> InitReport:
     model_name = f"model{model_file.suffix.lower()}"
     runtime_for(model_file)
@@ -325,6 +337,8 @@ def _build(
     tol = tolerance if tolerance is not None else _default_tolerance(expected_all, backend.outputs)
     base["golden"] = {"tolerance": tol, "cases": cases}
     reference = compute_reference(contract, task, samples, results)
+    if features is not None:
+        reference.features = features(contract, task, tuple(labels or ()), samples, results)
     (work / "reference.json").write_text(reference.model_dump_json(by_alias=True, indent=1), encoding="utf-8")
     base["reference"] = "reference.json"
     manifest = _manifest(base, work)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -63,6 +64,11 @@ class DriftReference(BaseModel):
     input_space: str = Field(description="What the input statistics are measured on.")
     input: list[ChannelStats]
     output: OutputStats
+    features: dict[str, Any] | None = Field(
+        None,
+        description="Per-sample feature rows and calibrated thresholds for the drift monitor "
+        "(`agent.monitor.reference.FeatureTable`); the inference core keeps them as they are.",
+    )
 
 
 def histogram(values: np.ndarray, edges: np.ndarray) -> Histogram:

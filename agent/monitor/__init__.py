@@ -5,7 +5,9 @@ always the caller's (`now` arguments), so every figure can be reproduced in a te
 """
 
 from agent.monitor.anomaly import AnomalyRules, AnomalyTracker, Finding, assess
-from agent.monitor.drift import DriftMonitor, DriftReport, psi
+from agent.monitor.calibration import Calibration, calibrate
+from agent.monitor.drift import BaselineJob, DriftMonitor, WindowReport
+from agent.monitor.features import FeatureSpec, spec_for
 from agent.monitor.histogram import LatencyHistogram
 from agent.monitor.metrics import STAGES, LoopMetrics, RateWindow
 
@@ -13,12 +15,16 @@ __all__ = [
     "STAGES",
     "AnomalyRules",
     "AnomalyTracker",
+    "BaselineJob",
+    "Calibration",
     "DriftMonitor",
-    "DriftReport",
+    "FeatureSpec",
     "Finding",
     "LatencyHistogram",
     "LoopMetrics",
     "RateWindow",
+    "WindowReport",
     "assess",
-    "psi",
+    "calibrate",
+    "spec_for",
 ]

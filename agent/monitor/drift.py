@@ -1,392 +1,414 @@
-"""Data drift against a bundle's reference statistics (`reference.json`). Pure: arrays and results in, reports out.
+"""Data drift with a stated false-alarm rate: a site baseline, calibrated thresholds, episodes. Pure: no I/O.
 
-What is compared, every `every_n` items (tumbling windows; the accumulators restart after each check):
-- inputs, per channel, on the same values the reference was measured on (`agent.inference.reference`): BGR pixels of a
-  32x32 INTER_AREA thumbnail of each frame, every sample of a sensor window (columns in the reference's channel
-  order: pass `ActiveModel.adapt(item)`), or every value of a raw tensor. Frames larger than 256 px are first
-  decimated (nearest neighbour) to 128x128, so a 1080p frame costs ~80 µs instead of ~7 ms; the thumbnail differs
-  from the exact one by a few grey levels, well inside the 16-level bins;
-- outputs: the top-1 label share (classification) or the detection label share, the score histogram, the
-  detections-per-input histogram (detection), the anomaly score histogram (anomaly). Raw outputs are not compared.
+Two questions, kept apart:
+- *has this site changed?* The monitor learns a baseline from the first `baseline_items` items after a model comes
+  into service (the site's own camera or sensor), has it calibrated (`agent.monitor.calibration`, off the hot path:
+  `pending()` hands the job out, `install()` takes the result) and from then on compares every window of `every_n`
+  items with it. A window whose statistics exceed their thresholds starts a drift episode (a warning), reminders go
+  out every `update_windows` windows while it lasts, and it ends after `clear_windows` quiet windows in a row (info).
+  The thresholds are set for an expected run time of `ert_items` items between false alarms on unchanged data.
+- *does this site differ from the training data?* While it learns, the monitor also compares its windows with the
+  bundle's reference (the calibration samples' features, thresholds calibrated when the bundle was made). If most of
+  them exceed a threshold, it says so once, as information: a fixed camera is a narrow slice of the population a
+  model was calibrated on, and that alone is no alarm.
 
-The statistic is the population stability index, PSI = sum((live - ref) * ln(live / ref)) over bins, with shares
-floored at 1e-4. Reference bins holding less than `min_share` (5 %) of the reference are merged with their neighbours
-first, as is usual for PSI: sparse tail bins otherwise dominate it with sampling noise (the four bundled motion
-recordings read 0.1 merged, 0.22 unmerged). Bands: < 0.1 stable, 0.1..0.25 moderate, >= 0.25 significant. The mean
-shift of each input channel in reference standard deviations, and the ratio of its standard deviation to the
-reference's (near 0: a stuck sensor; well above 1: noise), are reported alongside as evidence.
-
-Hysteresis: the monitor enters the drifting state when the largest PSI of a check reaches `psi_threshold` and leaves
-it only when a check's largest PSI falls below `clear_psi` (half the threshold by default), so a value hovering at
-the threshold does not flap. Events: one on entering (warning), one the first time a drift episode reaches the
-significant band (warning), one on leaving (info).
-
-Mind what the reference is: the statistics of a calibration set, a population. One fixed camera scene or one sensor
-activity is a narrow slice of it and can read as drift although the model handles it well.
+Every drift event carries the statistic, its value and threshold, the ERT, the window and the sample counts.
+Statistics come from `agent.monitor.features`; inputs from every `input_every`-th item, outputs from every item.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
-import cv2
 import numpy as np
 
 from agent.events import AgentEvent
-from agent.inference.reference import THUMBNAIL, DriftReference, Histogram
-from agent.inference.results import AnomalyResult, ClassificationResult, DetectionResult, Result
+from agent.inference.results import Result
+from agent.monitor.calibration import Calibration, window_values
+from agent.monitor.features import FeatureSpec, Statistic
 from agent.types import Array
 
-Level = Literal["stable", "moderate", "significant"]
-_FLOOR = 1e-4
-_NONE_LABEL = "(none)"
-_OTHER_LABEL = "(other)"
-
-
-def psi(expected: Sequence[float] | np.ndarray, actual: Sequence[float] | np.ndarray) -> float:
-    """Population stability index of `actual` counts against `expected` counts (same bins)."""
-    e = np.asarray(expected, np.float64)
-    a = np.asarray(actual, np.float64)
-    if e.shape != a.shape or e.sum() <= 0 or a.sum() <= 0:
-        raise ValueError("psi needs two non-empty count vectors of the same length")
-    e = np.maximum(e / e.sum(), _FLOOR)
-    a = np.maximum(a / a.sum(), _FLOOR)
-    return float(np.sum((a - e) * np.log(a / e)))
-
-
-def merge_groups(counts: Sequence[int], min_share: float) -> list[int]:
-    """Group index of each bin: adjacent bins joined until each group holds at least `min_share` of the total."""
-    need = min_share * float(sum(counts))
-    groups: list[int] = []
-    current, acc = 0, 0.0
-    for index, count in enumerate(counts):
-        groups.append(current)
-        acc += count
-        if acc >= need and index < len(counts) - 1:
-            current, acc = current + 1, 0.0
-    if current > 0 and acc < need:  # a short tail joins the group before it
-        groups = [min(group, current - 1) for group in groups]
-    return groups
-
-
-def level_of(value: float, moderate: float = 0.1, significant: float = 0.25) -> Level:
-    """The conventional PSI band of a value."""
-    return "significant" if value >= significant else "moderate" if value >= moderate else "stable"
-
-
-class _Binned:
-    """Live counts on a reference histogram's bins, compared after merging sparse reference bins."""
-
-    def __init__(self, reference: Histogram, min_share: float) -> None:
-        edges = np.asarray(reference.edges, np.float64)
-        self.inner = edges[1:-1]
-        self.reference = np.asarray(reference.counts, np.float64)
-        self.groups = np.asarray(merge_groups(reference.counts, min_share), np.int64)
-        self.size = int(self.groups.max()) + 1
-        self.ref_merged = np.bincount(self.groups, weights=self.reference, minlength=self.size)
-        self.counts = np.zeros(len(self.reference), np.int64)
-
-    def add(self, values: np.ndarray) -> None:
-        self.counts += np.bincount(
-            np.searchsorted(self.inner, values, side="right"), minlength=len(self.reference)
-        )
-
-    def psi(self) -> float | None:
-        live = np.bincount(self.groups, weights=self.counts, minlength=self.size)
-        if live.sum() <= 0 or self.ref_merged.sum() <= 0:
-            return None
-        return psi(self.ref_merged, live)
-
-    def reset(self) -> None:
-        self.counts[:] = 0
-
-
-class _Categories:
-    """Live shares of labels against the reference's label shares; unknown labels are pooled."""
-
-    def __init__(self, frequency: Mapping[str, float], with_none: bool) -> None:
-        self.reference = dict(frequency)
-        rest = 1.0 - sum(self.reference.values())
-        if with_none and rest > 1e-6:
-            self.reference[_NONE_LABEL] = rest
-        self.reference.setdefault(_OTHER_LABEL, 0.0)
-        self.counts = dict.fromkeys(self.reference, 0)
-
-    def add(self, label: str) -> None:
-        key = label if label in self.counts else _OTHER_LABEL
-        self.counts[key] += 1
-
-    def psi(self) -> float | None:
-        live = [self.counts[key] for key in self.reference]
-        if sum(live) <= 0:
-            return None
-        return psi(list(self.reference.values()), live)
-
-    def reset(self) -> None:
-        self.counts = dict.fromkeys(self.reference, 0)
+State = Literal["learning", "calibrating", "watching"]
+DIFFERS_SHARE = 0.5
+"""The site differs from the training data when at least this share of its learning windows exceed a threshold."""
 
 
 @dataclass(frozen=True)
-class DriftReport:
-    """The outcome of one check."""
+class BaselineJob:
+    """A learnt baseline waiting to be calibrated (on another thread): its items and the thresholds wanted."""
 
+    spec: FeatureSpec
+    inputs: np.ndarray
+    outputs: np.ndarray
+    input_step: int
+    every_n: int
+    input_every: int
+    ert_items: float
+
+
+@dataclass(frozen=True)
+class WindowReport:
+    """One window compared with a profile."""
+
+    against: Literal["baseline", "bundle"]
     items: int
-    psi: dict[str, float]
-    mean_shift: dict[str, float]
-    std_ratio: dict[str, float]
-    max_psi: float
+    input_samples: int
+    values: dict[str, float]
+    deltas: dict[str, float]
+    thresholds: dict[str, float]
+    exceeding: tuple[str, ...]
     worst: str | None
-    level: Level
-    drifting: bool
+    worst_ratio: float
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (rounded)."""
+    def describe(self, name: str | None = None) -> str:
+        """`input.brightness -41.2 (threshold 6.1)` or `output.label PSI 0.41 (threshold 0.12)` for one statistic."""
+        name = name or self.worst
+        if name is None:
+            return "no statistic"
+        value, threshold = self.values[name], self.thresholds.get(name, math.inf)
+        if name in self.deltas:
+            return f"{name} {self.deltas[name]:+.3g} (threshold {threshold:.3g})"
+        return f"{name} PSI {value:.3g} (threshold {threshold:.3g})"
+
+    def evidence(self, calibration: Calibration) -> dict[str, Any]:
+        """JSON-ready evidence of an event."""
+        worst = self.worst
         return {
+            "against": self.against,
+            "statistic": worst,
+            "value": _round(self.values.get(worst, 0.0)) if worst else None,
+            "delta": _round(self.deltas[worst]) if worst in self.deltas else None,
+            "threshold": _round(self.thresholds.get(worst, 0.0)) if worst else None,
+            "exceeding": {
+                name: {"value": _round(self.values[name]), "threshold": _round(self.thresholds[name])}
+                for name in self.exceeding[:12]
+            },
+            "ert_items": calibration.ert_items,
+            "every_n": calibration.every_n,
             "items": self.items,
-            "psi": {k: round(v, 4) for k, v in self.psi.items()},
-            "mean_shift_std": {k: round(v, 3) for k, v in self.mean_shift.items()},
-            "std_ratio": {k: round(v, 3) for k, v in self.std_ratio.items()},
-            "max_psi": round(self.max_psi, 4),
-            "worst": self.worst,
-            "level": self.level,
-            "drifting": self.drifting,
+            "input_samples": self.input_samples,
+            "level": calibration.level,
+            "baseline_items": calibration.items,
         }
 
 
-@dataclass
-class _Moments:
-    n: int = 0
-    total: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    squares: np.ndarray = field(default_factory=lambda: np.zeros(0))
+def _round(value: float) -> float:
+    return float(f"{value:.4g}") if math.isfinite(value) else value
 
 
 class DriftMonitor:
-    """Accumulates input and output statistics and compares them with the reference every `every_n` items."""
+    """Per-window drift statistics against a site baseline (the alarm) and the bundle's reference (information)."""
 
     def __init__(
         self,
-        reference: DriftReference,
-        every_n: int = 300,
-        psi_threshold: float = 0.2,
-        significant_psi: float = 0.25,
-        clear_psi: float | None = None,
-        min_share: float = 0.05,
-        input_every: int = 1,
+        spec: FeatureSpec,
+        *,
+        every_n: int = 100,
+        input_every: int = 4,
+        ert_items: float = 1_000_000,
+        baseline_items: int = 3000,
+        clear_windows: int = 3,
+        update_windows: int = 10,
+        bundle: Calibration | None = None,
+        baseline: Calibration | None = None,
     ) -> None:
-        if every_n < 1 or input_every < 1 or psi_threshold <= 0:
-            raise ValueError("every_n and input_every must be >= 1 and psi_threshold > 0")
-        self.reference = reference
-        self.every_n, self.input_every = every_n, input_every
-        self.psi_threshold, self.significant_psi = psi_threshold, significant_psi
-        self.clear_psi = clear_psi if clear_psi is not None else psi_threshold / 2
-        names = [channel.name for channel in reference.input]
-        self.mode = (
-            "image"
-            if reference.input_space.startswith("BGR pixel values")
-            else "tensor"
-            if names == ["value"]
-            else "window"
-        )
-        self._names = names
-        self._inputs = [_Binned(channel.histogram, min_share) for channel in reference.input]
-        inners = [binned.inner for binned in self._inputs]
-        shared = all(inner.shape == inners[0].shape and np.array_equal(inner, inners[0]) for inner in inners)
-        self._shared_inner = inners[0] if shared and inners else None
-        self._offsets = np.arange(len(inners)) * (len(inners[0]) + 1) if inners else np.zeros(0, np.int64)
-        self._ref_mean = np.array([c.mean for c in reference.input], np.float64)
-        self._ref_std = np.array([c.std for c in reference.input], np.float64)
-        self._moments = _Moments(0, np.zeros(len(names)), np.zeros(len(names)))
-        out = reference.output
-        self.task = out.task
-        self._labels: _Categories | None = None
-        if out.task in ("classification", "detection") and out.class_frequency:
-            self._labels = _Categories(out.class_frequency, with_none=out.task == "classification")
-        self._score = (
-            _Binned(out.score, min_share) if out.score is not None and any(out.score.counts) else None
-        )
-        self._count = (
-            _Binned(out.count, min_share) if out.count is not None and any(out.count.counts) else None
-        )
+        if every_n < 2 or input_every < 1 or every_n % input_every or baseline_items < 2 * every_n:
+            raise ValueError(
+                "every_n must be >= 2 and a multiple of input_every (>= 1), baseline_items at least 2 windows"
+            )
+        if ert_items <= 2 * every_n:
+            raise ValueError(f"ert_items ({ert_items:g}) must be more than twice every_n ({every_n})")
+        self.spec = spec
+        self.every_n, self.input_every, self.ert_items = every_n, input_every, float(ert_items)
+        self.baseline_items = (baseline_items // input_every) * input_every
+        self.clear_windows, self.update_windows = clear_windows, update_windows
+        self.bundle = bundle if bundle is not None and bundle.fingerprint == spec.fingerprint else None
+        self.state: State = "learning"
+        self.calibration: Calibration | None = None
+        self.problem: str | None = None
+        self._in_sum = np.zeros(spec.input_size)
+        self._out_sum = np.zeros(spec.output_size)
+        self._n_in = 0
         self._items = 0
         self.checks = 0
         self.skipped = 0
         self.drifting = False
-        self._significant = False  # this drift episode has reached the significant band
-        self.last_report: DriftReport | None = None
+        self._episode_windows = 0
+        self._quiet = 0
+        self.episodes = 0
+        self.last_report: WindowReport | None = None
+        self._learn_out = np.zeros((self.baseline_items, spec.output_size))
+        self._learn_in = np.full((self.baseline_items // input_every, spec.input_size), np.nan)
+        self._learnt = 0
+        self._job_taken = False
+        self._failed: str | None = None
+        self.site: dict[str, Any] = {
+            "compared_windows": 0,
+            "exceeding_windows": 0,
+            "worst": {},
+            "differs": None,
+        }
+        self._site_report: WindowReport | None = None
+        if baseline is not None:
+            self.install(baseline)
 
-    # ------------------------------------------------------------------ accumulation
+    # ------------------------------------------------------------------ baseline life cycle
+
+    def reset(self) -> None:
+        """Forgets the baseline and learns a new one from the next items (the site was moved or re-aimed)."""
+        self.state, self.calibration, self.problem = "learning", None, None
+        self._learnt, self._job_taken = 0, False
+        self._learn_in[:] = np.nan
+        self.drifting, self._episode_windows, self._quiet = False, 0, 0
+        self.site = {"compared_windows": 0, "exceeding_windows": 0, "worst": {}, "differs": None}
+        self._restart()
+
+    def pending(self) -> BaselineJob | None:
+        """The learnt baseline, once, when it is complete and not calibrated yet."""
+        if self.state != "calibrating" or self._job_taken:
+            return None
+        self._job_taken = True
+        return BaselineJob(
+            self.spec,
+            self._learn_in.copy(),
+            self._learn_out.copy(),
+            self.input_every,
+            self.every_n,
+            self.input_every,
+            self.ert_items,
+        )
+
+    def install(self, calibration: Calibration) -> bool:
+        """Starts watching with calibrated thresholds; False (and stays as it is) if they do not fit this monitor."""
+        if (
+            calibration.fingerprint != self.spec.fingerprint
+            or calibration.every_n != self.every_n
+            or calibration.input_every != self.input_every
+            or calibration.ert_items != self.ert_items
+        ):
+            return False
+        self.calibration, self.state, self.problem = calibration, "watching", None
+        return True
+
+    def calibration_failed(self, problem: str) -> None:
+        """The baseline could not be calibrated: learn again from fresh items (at the next item; any thread)."""
+        self._failed = problem
+
+    def resume(self, inputs: np.ndarray, outputs: np.ndarray) -> None:
+        """Takes stored baseline rows (of this feature layout) as learnt; calibrates them if they are enough."""
+        count = min(len(outputs), self.baseline_items, len(inputs) * self.input_every)
+        count = (count // self.input_every) * self.input_every
+        self._learn_out[:count] = outputs[:count]
+        self._learn_in[: count // self.input_every] = inputs[: count // self.input_every]
+        self._learnt, self._job_taken = count, False
+        self.state = "calibrating" if count >= self.baseline_items else "learning"
+
+    def baseline_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The learnt baseline items (inputs every `input_every`, outputs every item), for persisting."""
+        return self._learn_in[: self._learnt // self.input_every].copy(), self._learn_out[
+            : self._learnt
+        ].copy()
+
+    # ------------------------------------------------------------------ accumulation (inference thread)
 
     def observe(self, data: Array | None, result: Result | None = None) -> AgentEvent | None:
-        """Counts one item (its input and/or result); every `every_n` items checks and returns an event on a change."""
-        if data is not None and self._items % self.input_every == 0:
-            self.observe_input(data)
-        if result is not None:
-            self.observe_output(result)
+        """Counts one item; at the end of each window compares and returns an event on a change."""
+        if self._failed is not None:
+            problem, self._failed = self._failed, None
+            self.reset()
+            self.problem = problem
+        position = self._items
+        features = None
+        if data is not None and position % self.input_every == 0 and self.spec.input_size:
+            features = self.spec.input_features(data)
+            if features is None:
+                self.skipped += 1
+            else:
+                self._in_sum += features
+                self._n_in += 1
+        outputs = self.spec.output_features(result) if result is not None and self.spec.output_size else None
+        if outputs is not None:
+            self._out_sum += outputs
+        if self.state == "learning":
+            index = self._learnt
+            if outputs is not None:
+                self._learn_out[index] = outputs
+            if features is not None and index % self.input_every == 0:
+                self._learn_in[index // self.input_every] = features
+            self._learnt += 1
+            if self._learnt >= self.baseline_items:
+                self.state = "calibrating"
         self._items += 1
         if self._items < self.every_n:
             return None
-        return self.check()[1]
+        return self.check()
 
-    def observe_input(self, data: Array) -> None:
-        """Adds one input's values to the per-channel statistics (an input of the wrong shape is skipped)."""
-        if self.mode == "image":
-            thumb = _thumbnail(data)
-            if thumb is None:
-                self.skipped += 1
-                return
-            values = thumb.reshape(-1, 3)
-            mean, std = cv2.meanStdDev(thumb)  # ~2 µs, where numpy's column sums take ~30 µs
-            mean, std = mean.reshape(-1)[:3], std.reshape(-1)[:3]
-            sums, squares = mean * values.shape[0], (np.square(std) + np.square(mean)) * values.shape[0]
-        else:
-            window = np.asarray(data)
-            if self.mode == "tensor":
-                window = window.reshape(-1, 1)
-            if window.ndim != 2 or window.shape[1] != len(self._names):
-                self.skipped += 1
-                return
-            values = window
-            as_float = values.astype(np.float64)
-            sums, squares = as_float.sum(axis=0), np.square(as_float).sum(axis=0)
-        if self._shared_inner is not None:
-            width = len(self._shared_inner) + 1
-            flat = (np.searchsorted(self._shared_inner, values, side="right") + self._offsets).ravel()
-            counts = np.bincount(flat, minlength=width * len(self._inputs)).reshape(len(self._inputs), width)
-            for binned, row in zip(self._inputs, counts, strict=True):
-                binned.counts += row
-        else:
-            for index, binned in enumerate(self._inputs):
-                binned.add(values[:, index])
-        moments = self._moments
-        moments.n += values.shape[0]
-        moments.total += sums
-        moments.squares += squares
-
-    def observe_output(self, result: Result) -> None:
-        """Adds one decoded result to the output statistics (raw results add nothing)."""
-        match result:
-            case ClassificationResult():
-                top = result.top
-                if self._labels is not None:
-                    self._labels.add(top.label if top else _NONE_LABEL)
-                if self._score is not None and top is not None:
-                    self._score.add(np.array([top.score]))
-            case DetectionResult():
-                if self._labels is not None:
-                    for detection in result.detections:
-                        self._labels.add(detection.label)
-                if self._score is not None and result.detections:
-                    self._score.add(np.array([d.score for d in result.detections]))
-                if self._count is not None:
-                    self._count.add(np.array([len(result.detections)]))
-            case AnomalyResult():
-                if self._score is not None:
-                    self._score.add(np.array([result.score]))
-
-    # ------------------------------------------------------------------ comparison
-
-    def check(self) -> tuple[DriftReport | None, AgentEvent | None]:
-        """Compares the window gathered so far with the reference, restarts the window; returns report and event."""
-        scores: dict[str, float] = {}
-        for name, binned in zip(self._names, self._inputs, strict=True):
-            value = binned.psi()
-            if value is not None:
-                scores[f"input.{name}"] = value
-        for name, stat in (
-            ("output.label", self._labels),
-            ("output.score", self._score),
-            ("output.count", self._count),
-        ):
-            value = stat.psi() if stat is not None else None
-            if value is not None:
-                scores[name] = value
-        shifts: dict[str, float] = {}
-        ratios: dict[str, float] = {}
-        moments = self._moments
-        if moments.n:
-            means = moments.total / moments.n
-            stds = np.sqrt(np.maximum(moments.squares / moments.n - np.square(means), 0.0))
-            for name, mean, std, ref_mean, ref_std in zip(
-                self._names, means, stds, self._ref_mean, self._ref_std, strict=True
-            ):
-                if ref_std > 0 and math.isfinite(mean) and math.isfinite(std):
-                    shifts[name] = float((mean - ref_mean) / ref_std)
-                    ratios[name] = float(std / ref_std)
-        items = self._items
+    def check(self) -> AgentEvent | None:
+        """Compares the window gathered so far, restarts it; returns the event it causes, if any."""
+        items, n_in = self._items, self._n_in
+        in_mean = self._in_sum / n_in if n_in else np.zeros(self.spec.input_size)
+        out_mean = self._out_sum / items if items else np.zeros(self.spec.output_size)
         self._restart()
-        if not scores:
-            return None, None
-        worst = max(scores, key=lambda k: scores[k])
-        top = scores[worst]
-        was, escalated = self.drifting, self._significant
-        if not was and top >= self.psi_threshold:
-            self.drifting = True
-        elif was and top < self.clear_psi:
-            self.drifting = False
-        level = level_of(top, 0.1, self.significant_psi)
-        self._significant = self.drifting and (escalated or level == "significant")
-        report = DriftReport(items, scores, shifts, ratios, top, worst, level, self.drifting)
-        self.last_report = report
+        if items == 0:
+            return None
         self.checks += 1
-        return report, self._event(report, was, escalated)
-
-    def _event(self, report: DriftReport, was: bool, escalated: bool) -> AgentEvent | None:
-        evidence = report.to_dict()
-        worst = f"{report.worst} PSI {report.max_psi:.2f}"
-        shift = report.mean_shift.get((report.worst or "").removeprefix("input."))
-        if shift is not None:
-            worst += f", mean shift {shift:+.2f} std"
-        if report.drifting and not was:
-            return AgentEvent(
-                "drift", "warning", f"data drift ({report.level}): {worst}", evidence, phase="start"
-            )
-        if report.drifting and report.level == "significant" and not escalated:
-            return AgentEvent(
-                "drift", "warning", f"data drift is now significant: {worst}", evidence, phase="ongoing"
-            )
-        if was and not report.drifting:
-            return AgentEvent(
-                "drift", "info", f"data drift cleared: largest PSI {report.max_psi:.2f}", evidence, phase="end"
-            )
+        if self.calibration is not None and self.state == "watching":
+            report = self._report("baseline", self.calibration, in_mean, out_mean, items, n_in)
+            self.last_report = report
+            return self._episode(report, self.calibration)
+        if self.bundle is not None and self.site["differs"] is None:
+            report = self._report("bundle", self.bundle, in_mean, out_mean, items, n_in)
+            self._note_site(report)
+            if self.state != "learning":
+                return self._site_verdict()
         return None
 
+    def _report(
+        self,
+        against: Literal["baseline", "bundle"],
+        calibration: Calibration,
+        in_mean: np.ndarray,
+        out_mean: np.ndarray,
+        items: int,
+        n_in: int,
+    ) -> WindowReport:
+        spec, profile = self.spec, calibration.profile
+        stats: tuple[Statistic, ...] = spec.statistics
+        if n_in == 0:
+            stats = tuple(s for s in stats if s.family == "output")
+        values_row = window_values(spec, profile, in_mean[None, :], out_mean[None, :])[0]
+        values, deltas, thresholds = {}, {}, {}
+        for index, stat in enumerate(spec.statistics):
+            if stat not in stats:
+                continue
+            values[stat.name] = float(values_row[index])
+            thresholds[stat.name] = calibration.thresholds.get(stat.name, math.inf)
+            if stat.kind == "mean":
+                block = in_mean if stat.family == "input" else out_mean
+                deltas[stat.name] = float(block[stat.start] - profile.means.get(stat.name, 0.0))
+        ratios = {name: values[name] / thresholds[name] for name in values if thresholds[name] > 0}
+        exceeding = tuple(sorted((n for n, r in ratios.items() if r > 1), key=lambda n: -ratios[n]))
+        worst = max(ratios, key=lambda n: ratios[n]) if ratios else None
+        return WindowReport(
+            against, items, n_in, values, deltas, thresholds, exceeding, worst, ratios.get(worst or "", 0.0)
+        )
+
+    def _episode(self, report: WindowReport, calibration: Calibration) -> AgentEvent | None:
+        evidence = report.evidence(calibration)
+        if not self.drifting:
+            if not report.exceeding:
+                return None
+            self.drifting, self._episode_windows, self._quiet = True, 1, 0
+            self.episodes += 1
+            evidence["episode"] = self.episodes
+            more = f" and {len(report.exceeding) - 1} more" if len(report.exceeding) > 1 else ""
+            return AgentEvent(
+                "drift",
+                "warning",
+                f"data drift against the site baseline: {report.describe()}{more}",
+                evidence,
+                phase="start",
+            )
+        self._episode_windows += 1
+        evidence["episode"], evidence["windows"] = self.episodes, self._episode_windows
+        if not report.exceeding:
+            self._quiet += 1
+            if self._quiet < self.clear_windows:
+                return None
+            self.drifting = False
+            return AgentEvent(
+                "drift",
+                "info",
+                f"data drift cleared after {self._episode_windows} windows ({self._quiet} quiet in a row)",
+                evidence,
+                phase="end",
+            )
+        self._quiet = 0
+        if self._episode_windows % self.update_windows:
+            return None
+        return AgentEvent(
+            "drift",
+            "warning",
+            f"data drift continues ({self._episode_windows} windows): {report.describe()}",
+            evidence,
+            phase="ongoing",
+        )
+
+    def _note_site(self, report: WindowReport) -> None:
+        site = self.site
+        site["compared_windows"] += 1
+        if report.exceeding:
+            site["exceeding_windows"] += 1
+        worst: dict[str, float] = site["worst"]
+        for name in report.exceeding:
+            worst[name] = max(worst.get(name, 0.0), report.values[name] / report.thresholds[name])
+        self._site_report = report
+
+    def _site_verdict(self) -> AgentEvent | None:
+        site = self.site
+        compared, exceeding = site["compared_windows"], site["exceeding_windows"]
+        site["differs"] = compared > 0 and exceeding >= DIFFERS_SHARE * compared
+        if not site["differs"] or self.bundle is None or self._site_report is None:
+            return None
+        ranked = sorted(site["worst"].items(), key=lambda kv: -kv[1])[:5]
+        text = ", ".join(f"{name} {ratio:.1f}x its threshold" for name, ratio in ranked)
+        evidence = self._site_report.evidence(self.bundle)
+        evidence.update({"windows": compared, "exceeding_windows": exceeding, "ratios": dict(ranked)})
+        return AgentEvent(
+            "drift",
+            "info",
+            f"this site differs from the model's calibration data ({exceeding} of {compared} windows): {text}; "
+            "drift alarms compare with the site's own baseline",
+            evidence,
+            phase="start",
+        )
+
     def _restart(self) -> None:
-        for binned in self._inputs:
-            binned.reset()
-        for stat in (self._labels, self._score, self._count):
-            if stat is not None:
-                stat.reset()
-        self._moments = _Moments(0, np.zeros(len(self._names)), np.zeros(len(self._names)))
+        self._in_sum[:] = 0.0
+        self._out_sum[:] = 0.0
+        self._n_in = 0
         self._items = 0
+
+    # ------------------------------------------------------------------ readers
 
     def status(self) -> dict[str, Any]:
         """JSON-ready state for `status` and telemetry."""
+        calibration = self.calibration
+        last = self.last_report
         return {
+            "state": self.state,
             "drifting": self.drifting,
+            "episodes": self.episodes,
             "checks": self.checks,
-            "items_in_window": self._items,
             "every_n": self.every_n,
+            "items_in_window": self._items,
             "skipped_inputs": self.skipped,
-            "last": self.last_report.to_dict() if self.last_report is not None else None,
+            "baseline": {
+                "items": self._learnt if calibration is None else calibration.items,
+                "of": self.baseline_items,
+                "problem": self.problem,
+            },
+            "calibration": None
+            if calibration is None
+            else {
+                "ert_items": calibration.ert_items,
+                "level": calibration.level,
+                "window_level": calibration.window_level,
+                "block_items": calibration.block_items,
+                "held_out_windows": calibration.held_out_windows,
+                "held_out_alarms": calibration.held_out_alarms,
+                "note": calibration.note,
+            },
+            "site_differs": self.site["differs"],
+            "bundle_reference": self.bundle is not None,
+            "last": None
+            if last is None
+            else {
+                "worst": last.worst,
+                "worst_ratio": round(last.worst_ratio, 3),
+                "exceeding": list(last.exceeding),
+                "summary": last.describe(),
+            },
         }
-
-
-def _thumbnail(frame: Array) -> np.ndarray | None:
-    """The frame's 32x32 BGR INTER_AREA thumbnail, as the reference measures it (large frames decimated first)."""
-    if frame.ndim == 3 and frame.shape[2] == 1:
-        frame = frame[..., 0]
-    if frame.ndim == 2:
-        frame = np.repeat(frame[..., None], 3, axis=2)
-    if frame.ndim != 3 or frame.shape[2] < 3 or frame.shape[0] < 1 or frame.shape[1] < 1:
-        return None
-    side = THUMBNAIL[0] * 4
-    try:
-        if frame.shape[0] > 2 * side or frame.shape[1] > 2 * side:
-            frame = cv2.resize(frame[..., :3], (side, side), interpolation=cv2.INTER_NEAREST)
-        thumb: np.ndarray = cv2.resize(frame[..., :3], THUMBNAIL, interpolation=cv2.INTER_AREA)
-    except cv2.error:  # a dtype OpenCV cannot resize
-        return None
-    return thumb
