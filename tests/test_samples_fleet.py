@@ -5,6 +5,7 @@ is safely written."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -14,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -24,7 +26,7 @@ from agent.config import CaptureConfig
 from agent.daemon.capture import HardExamples
 from agent.daemon.sample_commands import SampleCommands
 from agent.inference.results import ClassificationResult, Label
-from agent.link import Link, SampleMeta, parse
+from agent.link import Link, SampleChunkArgs, SampleMeta, parse
 from agent.pipeline import ResultRecord, StageTimes
 from agent.pipeline.samples import SampleStore
 from agent.sources.base import Item
@@ -163,6 +165,41 @@ def test_a_sample_damaged_on_the_device_is_refetched_once_reported_and_kept_ther
     assert not any(name.startswith(ids[1]) for name in names(out / "dev-a"))  # nothing half-written here
 
 
+@pytest.mark.parametrize("bad_replies", [1, 99])
+def test_a_chunk_corrupted_in_transit_is_refetched_or_reported(
+    broker: Broker, links: Callable[..., Link], tmp_path: Path, bad_replies: int
+) -> None:
+    store = SampleStore(tmp_path / "dev-a-samples", 50_000_000)
+    ids = fill_store(store, 2)
+    commands = SampleCommands(store)
+    spoiled = [0]
+
+    def in_transit(args: SampleChunkArgs) -> dict[str, Any]:
+        """The real handler's reply with one byte changed on the way, its hash left as the device computed it."""
+        reply = commands.sample_chunk(args)
+        if args.id == ids[1] and spoiled[0] < bad_replies:
+            spoiled[0] += 1
+            raw = bytearray(base64.b64decode(reply["data_base64"]))
+            raw[0] ^= 0xFF
+            reply["data_base64"] = base64.b64encode(bytes(raw)).decode()
+        return reply
+
+    link = links(link_config(broker), start=False)
+    commands.register(link.router)
+    link.router.register("sample-chunk", in_transit, SampleChunkArgs)
+    link.start()
+    assert link.wait_connected(10)
+    result = run_fleet(*on(broker, "samples", "pull", "dev-a", "--out", str(tmp_path / "pulled"), "--json"))
+    assert "SHA-256 mismatch (corrupted in transit); fetching the chunk again" in result.stderr
+    if bad_replies == 1:  # the second fetch is good: the pull succeeds and everything is confirmed
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["confirmed"] == ids and store.samples() == []
+    else:  # corrupted every time: reported after one refetch of the chunk, and kept on the device
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert json.loads(result.stdout)["failed"].keys() == {ids[1]}
+        assert [sample.id for sample in store.samples()] == [ids[1]]
+
+
 def test_pull_from_a_silent_device_and_a_bad_device_id_fail_with_one_line(
     broker: Broker, tmp_path: Path
 ) -> None:
@@ -250,3 +287,39 @@ def test_the_daemon_keeps_hard_examples_from_its_loop_and_edge_fleet_pulls_them(
         code, output, _ = stop(process)
         folder.cleanup()
     assert code == 0, output
+
+
+def test_retrain_watch_takes_the_group_from_the_inventory_and_refuses_an_empty_group(
+    broker: Broker, links: Callable[..., Link], tmp_path: Path
+) -> None:
+    inventory = Path(ROOT) / "tests" / "data" / "fleet-inventory.toml"
+    empty = run_fleet(
+        *on(broker, "retrain-watch", "--group", "g9", "--inventory", str(inventory)),
+        "--share",
+        "0.5",
+        "--hook",
+        "true",
+    )
+    assert empty.returncode == 2 and "group g9 has no devices" in empty.stderr, empty.stderr
+    link = links(link_config(broker))  # dev-a, the one device of f1's group g1
+    assert link.wait_connected(10)
+    marker = tmp_path / "hook.txt"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent.fleet.cli",
+         *on(broker, "retrain-watch", "--group", "g1", "--inventory", str(inventory), "--share", "1"),
+         "--hook", f'echo "$EDGE_FLEET_FLEET $EDGE_FLEET_MEMBERS" > {marker}', "--count", "1", "--timeout", "30",
+         "--client-id", "retrain-inv"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=fleet_env(),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 15
+        while "Sending SUBACK to retrain-inv" not in broker.log():
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.05)
+        link.publish_telemetry({"drift": {"drifting": True}})
+        out, err = process.communicate(timeout=30)
+    finally:
+        kill_process(process)
+    assert process.returncode == 0, err
+    assert "retrain: 1 of 1 devices of g1 drift (100%): dev-a" in out
+    assert marker.read_text().strip() == f"{FLEET} dev-a"  # dev-x of f2's g1 is not a member

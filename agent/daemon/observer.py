@@ -77,7 +77,9 @@ class Monitors(LoopObserver):
             folder = config.snapshots.folder or ports.state_dir / "snapshots"
             self._snapshots = SnapshotStore(folder, config.snapshots.max_bytes, config.snapshots.jpeg_quality)
         capture = config.monitor.capture
-        self._capture = HardExamples(capture, ports.samples) if capture.enabled and ports.samples else None
+        self._capture = (
+            HardExamples(capture, ports.samples) if capture.enabled and ports.samples is not None else None
+        )
         self._writer: ThreadedSink[tuple[AgentEvent | None, Item | None, CaptureJob | None]] = ThreadedSink(
             "events", self._write
         )
