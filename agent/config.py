@@ -150,6 +150,39 @@ class SnapshotConfig(Section):
     jpeg_quality: int = Field(85, ge=10, le=100, description="JPEG quality.")
 
 
+CaptureTrigger = Literal["drift", "anomaly", "low-confidence"]
+"""What makes an item a hard example worth keeping for retraining."""
+
+
+class CaptureConfig(Section):
+    """Hard examples: the items behind drift, anomaly and low-confidence results, kept until the operator pulls them."""
+
+    enabled: bool = Field(False, description="Keep hard examples on disk for `edge-fleet samples pull`.")
+    folder: Path | None = Field(None, description="Where to keep them. Default: {state_dir}/samples.")
+    max_bytes: int = Field(
+        50_000_000,
+        ge=0,
+        description="Byte budget (data and metadata files); over it the oldest samples go first, even ones the "
+        "operator has not confirmed yet (counted as `evicted`). Read at start.",
+    )
+    triggers: tuple[CaptureTrigger, ...] = Field(
+        ("drift", "anomaly", "low-confidence"), description="Which triggers keep a sample."
+    )
+    low_confidence_below: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="A classification or detection result whose top score is below this is low-confidence "
+        "(an anomaly score is not a confidence; a result with no score never is).",
+    )
+    min_interval_s: float = Field(
+        60.0, ge=0, description="At most one sample per trigger every this many seconds."
+    )
+    jpeg_quality: int = Field(
+        90, ge=10, le=100, description="JPEG quality of frames (windows are kept as .npy)."
+    )
+
+
 class AnomalyConfig(Section):
     """When a result becomes an anomaly event."""
 
@@ -220,6 +253,7 @@ class MonitorConfig(Section):
     recent_events: int = Field(
         50, ge=1, le=10_000, description="Events kept in memory for `edge-agent status`."
     )
+    capture: CaptureConfig = Field(default_factory=CaptureConfig, description="Hard-example capture.")
 
 
 class ControlConfig(Section):

@@ -177,6 +177,9 @@ def test_command_arg_models_are_in_one_place() -> None:
         "restart-pipeline",
         "set-log-level",
         "set-results-policy",
+        "sample-list",
+        "sample-chunk",
+        "sample-confirm",
     }
     with pytest.raises(ValidationError):
         COMMAND_ARGS["set-log-level"].model_validate({"level": "LOUD"})

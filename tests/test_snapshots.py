@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import SAMPLES
 
-import agent.pipeline.snapshots as snapshots
+import agent.pipeline.budget as budget
 from agent.errors import InputError
 from agent.inference.inputs import read_image
 from agent.pipeline.snapshots import SnapshotStore, encode_capped, encode_jpeg
@@ -111,7 +111,7 @@ def test_a_full_disk_evicts_a_few_old_snapshots_then_gives_up_quietly(
         attempts.append(path.name)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(snapshots, "write_atomic", full_disk)  # no small file system can be mounted here
+    monkeypatch.setattr(budget, "write_atomic", full_disk)  # no small file system can be mounted here
     assert store.save(scenes[0], "new") is None
     assert len(attempts) == 4  # the first try and three more, each after removing our oldest snapshot
     assert len(store.names()) == 2 and store.failures == 1

@@ -32,6 +32,7 @@ from agent.daemon.serving import PipelinePorts
 from agent.daemon.status import Identity, healthy, source_state, status_line, status_of, telemetry_of
 from agent.errors import AgentError, ConfigError
 from agent.events import EventType
+from agent.pipeline.samples import SampleStore
 from agent.platform.memory import trim, tune_malloc
 from agent.platform.sdnotify import Notifier, Watchdog
 from agent.platform.system import SystemProbe
@@ -70,8 +71,13 @@ class Daemon:
         self.system_sample: dict[str, Any] = {}
         self.uplink: Uplink | None = None  # imported only when the link is enabled
         self.updates: UpdateService | None = None  # signed model updates, when ota.enabled
+        # The hard examples' folder and budget are read here, once: one store for the daemon's life.
+        capture = config.monitor.capture
+        self.samples = SampleStore(capture.folder or self.state_dir / "samples", capture.max_bytes)
         self.models = ModelService(
-            config, self.state_dir, PipelinePorts(self.report, self.state_dir, self._uplink_sinks)
+            config,
+            self.state_dir,
+            PipelinePorts(self.report, self.state_dir, self._uplink_sinks, self.samples),
         )
         self._control: ControlServer | None = None
         self._watchdog: Watchdog | None = None
@@ -221,6 +227,7 @@ class Daemon:
                 restart_pipeline=self.models.restart,
                 source_state=lambda: source_state(self.models),
                 set_results_policy=self._set_results_policy,
+                samples=self.samples,
             )
         )
         ports = UplinkPorts(self.events, self.report, self.status_brief, self.telemetry, commands)

@@ -1,4 +1,5 @@
-"""The device's remote commands (get-config, set-config, snapshot, restart-pipeline, set-log-level, set-results-policy).
+"""The device's remote commands (get-config, set-config, snapshot, restart-pipeline, set-log-level, set-results-policy;
+the hard-example commands sample-list, sample-chunk, sample-confirm are in agent/daemon/sample_commands.py).
 
 Handlers run on the link's command thread. They read through narrow ports and hand every change of the running agent
 to the main thread (`MainThread.submit`), never doing it themselves; a change that fails there is reported as an
@@ -26,6 +27,7 @@ from typing import Any, Protocol
 from agent.config import AgentConfig, apply_patch, save_overrides
 from agent.daemon.ports import MainThread, Reporter
 from agent.daemon.reload import LIVE_SECTIONS
+from agent.daemon.sample_commands import SampleCommands
 from agent.daemon.slot import Outcome
 from agent.errors import AgentError, InputError
 from agent.link import (
@@ -37,6 +39,7 @@ from agent.link import (
     SnapshotArgs,
 )
 from agent.link.commands import CommandRouter
+from agent.pipeline.samples import SampleStore
 from agent.pipeline.snapshots import encode_capped
 from agent.sources import Item
 
@@ -76,6 +79,8 @@ class CommandPorts:
     source_state: Callable[[], tuple[str, str | None] | None]
     """The source's state and last error (None while no pipeline runs)."""
     set_results_policy: Callable[[ResultsPolicy], None]
+    samples: SampleStore | None = None
+    """The hard examples (sample-list, sample-chunk, sample-confirm); None: those commands are not offered."""
 
 
 class DeviceCommands:
@@ -92,6 +97,8 @@ class DeviceCommands:
         router.register("restart-pipeline", self.restart_pipeline, NoArgs)
         router.register("set-log-level", self.set_log_level, SetLogLevelArgs)
         router.register("set-results-policy", self.set_results_policy, ResultsPolicy)
+        if self._ports.samples is not None:
+            SampleCommands(self._ports.samples).register(router)
 
     def get_config(self, _: NoArgs) -> dict[str, Any]:
         """The running config, secrets left out."""

@@ -1,4 +1,5 @@
-"""The daemon's loop observer: metrics, the model's health, anomaly and drift monitors, event snapshots, error reports.
+"""The daemon's loop observer: metrics, the model's health, anomaly and drift monitors, event snapshots, hard examples
+(agent/daemon/capture.py), error reports.
 
 Runs on the inference thread for every result, so it stays cheap: metrics and monitors are pure and take microseconds;
 anything that writes (a snapshot JPEG with fsync, the event that references it) is handed to one writer thread through
@@ -20,6 +21,7 @@ from typing import Any
 
 from agent.config import MonitorConfig, SnapshotConfig
 from agent.daemon.baseline import BaselineStore, Calibrator
+from agent.daemon.capture import CaptureJob, HardExamples
 from agent.daemon.ports import Reporter
 from agent.errors import AgentError
 from agent.events import AgentEvent
@@ -31,6 +33,7 @@ from agent.monitor.health import ModelHealth
 from agent.monitor.metrics import LoopMetrics
 from agent.monitor.reference import bundle_calibration, spec_of
 from agent.pipeline import ActiveModel, LoopObserver, ResultRecord
+from agent.pipeline.samples import SampleStore
 from agent.pipeline.sinks import ThreadedSink
 from agent.pipeline.snapshots import SnapshotStore
 from agent.sources.base import Item
@@ -48,6 +51,8 @@ class MonitorPorts:
     snapshots: SnapshotConfig
     state_dir: Path
     report: Reporter
+    samples: SampleStore | None = None
+    """Where hard examples go (one store for the daemon's life, shared with the sample commands); None: none kept."""
 
 
 class Monitors(LoopObserver):
@@ -76,7 +81,13 @@ class Monitors(LoopObserver):
         if config.snapshots.enabled and config.snapshots.max_bytes > 0:
             folder = config.snapshots.folder or ports.state_dir / "snapshots"
             self._snapshots = SnapshotStore(folder, config.snapshots.max_bytes, config.snapshots.jpeg_quality)
-        self._writer: ThreadedSink[tuple[AgentEvent, Item | None]] = ThreadedSink("events", self._write)
+        capture = config.monitor.capture
+        self._capture = (
+            HardExamples(capture, ports.samples) if capture.enabled and ports.samples is not None else None
+        )
+        self._writer: ThreadedSink[tuple[AgentEvent | None, Item | None, CaptureJob | None]] = ThreadedSink(
+            "events", self._write
+        )
         self.rebind(active, count_swap=False)
 
     # ------------------------------------------------------------------ model changes
@@ -183,6 +194,7 @@ class Monitors(LoopObserver):
         self.metrics.record_result(now, record.times, record.age_s, item.seq)
         self.health.record(record.times.total_s, record.result.top_score())
         self.latest = item
+        self._capture_result(record)
         event = self._anomaly.update(record.result, now, item.seq)
         if event is not None:
             self._post(event, item if event.wants_snapshot and item.kind == "frame" else None)
@@ -234,11 +246,21 @@ class Monitors(LoopObserver):
 
     # ------------------------------------------------------------------ events with snapshots (writer thread)
 
-    def _post(self, event: AgentEvent, item: Item | None) -> None:
-        self._writer.emit((event, item))  # never blocks: a full queue drops (and counts) the event
+    def _capture_result(self, record: ResultRecord) -> None:
+        job = self._capture.observe(record) if self._capture is not None else None
+        if job is not None:
+            self._writer.emit((None, None, job))  # a low-confidence hard example: no event
 
-    def _write(self, work: tuple[AgentEvent, Item | None]) -> None:
-        event, item = work
+    def _post(self, event: AgentEvent, item: Item | None) -> None:
+        # The hard example behind an anomaly or drift event is the newest record's item (drift events carry none).
+        job = self._capture.for_event(event) if self._capture is not None else None
+        self._writer.emit((event, item, job))  # never blocks: a full queue drops (and counts) the event
+
+    def _write(self, work: tuple[AgentEvent | None, Item | None, CaptureJob | None]) -> None:
+        event, item, job = work
+        sample = self._capture.save(job) if job is not None and self._capture is not None else None
+        if event is None:
+            return
         snapshot: str | None = None
         if item is not None and self._snapshots is not None:
             ref = self._snapshots.save(item.data, f"{event.type}-{item.seq}", time.time())
@@ -246,6 +268,8 @@ class Monitors(LoopObserver):
         evidence = dict(event.evidence)
         if item is not None:
             evidence.setdefault("seq", item.seq)
+        if sample is not None:
+            evidence.setdefault("sample", sample)
         self._ports.report.emit(event.with_details(evidence, snapshot))
 
     @property
@@ -269,5 +293,6 @@ class Monitors(LoopObserver):
         drift = self._drift
         data["drift"] = drift.status() if drift is not None else None
         data["snapshots"] = self._snapshots.status() if self._snapshots is not None else None
+        data["samples"] = self._capture.status() if self._capture is not None else None
         data["event_queue_drops"] = self.write_drops
         return data

@@ -26,6 +26,7 @@ from agent.errors import AgentError
 from agent.events import Severity
 from agent.pipeline import ActiveModel, InferenceLoop, JsonLinesSink, LatestMailbox, LoopSettings, Sink
 from agent.pipeline.records import Staged
+from agent.pipeline.samples import SampleStore
 from agent.pipeline.shadow import ShadowTee
 from agent.sources import SourceRunner, SourceStatus, open_source
 
@@ -39,6 +40,7 @@ class PipelinePorts:
     report: Reporter
     state_dir: Path
     uplink_sinks: Callable[[], Sequence[Sink]]
+    samples: SampleStore | None = None
 
 
 def make_local_sinks(config: AgentConfig) -> list[Sink]:
@@ -69,7 +71,8 @@ class Pipeline:
         self.lingering_shadow: ShadowTee | None = None
         """A shadow run whose worker was still inside an invoke when it was stopped (its model must stay open)."""
         self.monitors = Monitors(
-            MonitorPorts(config.monitor, config.snapshots, ports.state_dir, ports.report), active
+            MonitorPorts(config.monitor, config.snapshots, ports.state_dir, ports.report, ports.samples),
+            active,
         )
         self.loop = InferenceLoop(
             active,

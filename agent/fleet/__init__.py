@@ -16,6 +16,9 @@ Signed model releases (files only, no broker; imported from their modules, not r
     agent.fleet.release     publish, list_releases, revert, read_manifest, signable_custom
     agent.fleet.pack        pack_bundle (inference core check, golden self-test, archive, block index)
     KeyFileError, StoreError, SigningError, ReleaseRefused (agent.fleet.errors)
+Hard examples and the retraining trigger (`edge-fleet samples`, `retrain-watch`; agent/fleet/hard_cli.py):
+    agent.fleet.samples     DeviceSamples (sample-list/chunk/confirm, paced, hash-checked), pull, SampleCorrupt
+    agent.fleet.retrain     DriftWatch, Episode (pure: drift share of a group, once per episode)
 The wire contract is the agent's own, reached through the link's one public module for the operator side,
 `agent.link.wire` (payloads, topics, errors, the paho boundary): the operator never re-states it. Nothing here imports
 the device's running parts (`agent.cli`, `agent.daemon`, `agent.sources`, `agent.pipeline`, `agent.monitor`,

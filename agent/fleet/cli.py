@@ -1,4 +1,5 @@
-"""`edge-fleet`: the operator's view of an edge-agent fleet over MQTT (status table, event stream, commands), and
+"""`edge-fleet`: the operator's view of an edge-agent fleet over MQTT (status table, event stream, commands, hard
+examples and the retraining trigger: agent/fleet/hard_cli.py), and
 the operator's offline tools for signed model releases (`keys`, `trust`, `bundle`, `release`: agent/fleet/trust_cli.py
 and release_cli.py), which touch files only and read no connection option.
 
@@ -21,7 +22,7 @@ from rich.live import Live
 
 from agent import __version__
 from agent.errors import AgentError
-from agent.fleet import command, release_cli, trust_cli
+from agent.fleet import command, hard_cli, release_cli, trust_cli
 from agent.fleet.argtypes import count, seconds
 from agent.fleet.client import FleetClient
 from agent.fleet.errors import (
@@ -124,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_connection_arguments(desire, suppress=True)
     desire.set_defaults(handler=run_desire)
 
+    hard_cli.add_commands(sub)
     trust_cli.add_commands(sub)
     release_cli.add_commands(sub)
     from agent.fleet.serve import add_serve_parser  # the block repository (agent/fleet/serve.py)

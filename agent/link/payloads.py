@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from agent.events import EventType, Severity
 from agent.link.errors import PayloadError
@@ -241,6 +241,100 @@ class SetLogLevelArgs(Args):
     )
 
 
+SampleTrigger = Literal["drift", "anomaly", "low-confidence"]
+"""Why a hard example was kept."""
+SAMPLE_ID_PATTERN = r"^[0-9]{8}_[0-9]{8}T[0-9]{6}Z_(drift|anomaly|low-confidence)$"
+"""A sample id: `{number:08d}_{UTC time}_{trigger}`, also the stem of its files on both sides (no path can hide in it)."""
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+MAX_SAMPLE_CHUNK = 65_536
+"""Largest `sample-chunk` read: 64 KiB, about 87 KiB of base64 in the reply, inside the design's 128 KiB per message."""
+MAX_SAMPLE_LIST = 200
+MAX_SAMPLE_CONFIRM = 100
+SampleId = Annotated[str, StringConstraints(pattern=SAMPLE_ID_PATTERN)]
+Sha256 = Annotated[str, StringConstraints(pattern=SHA256_PATTERN)]
+
+
+class SampleMeta(Payload):
+    """A hard example's metadata line: kept beside its data on the device, listed by `sample-list`, pulled with it."""
+
+    id: SampleId = Field(description="Sample id: `{number:08d}_{UTC time}_{trigger}`.")
+    time: float = Field(description="When it was kept (Unix seconds; the device clock may be unset).")
+    trigger: SampleTrigger = Field(description="drift | anomaly | low-confidence")
+    event_id: str | None = Field(
+        None, max_length=64, description="The event behind it (drift, anomaly), if any."
+    )
+    model: ModelRef | None = Field(None, description="The model that made the result.")
+    seq: int = Field(ge=0, description="The item's sequence number.")
+    captured_at: float = Field(description="The item's capture time (Unix seconds).")
+    kind: Literal["frame", "window"] = Field(
+        description="frame (kept as JPEG) or window/tensor (kept as .npy)."
+    )
+    format: Literal["jpeg", "npy"] = Field(description="Format of the data file.")
+    size: int = Field(ge=0, description="Bytes of the data file.")
+    sha256: Sha256 = Field(description="SHA-256 of the data file, hex.")
+    result: dict[str, Any] = Field(description="The decoded result for the item (`Result.to_dict()`).")
+
+    @property
+    def file_name(self) -> str:
+        """The data file's name: `{id}.jpg` or `{id}.npy`."""
+        return f"{self.id}.{'jpg' if self.format == 'jpeg' else 'npy'}"
+
+
+class SampleListArgs(Args):
+    """sample-list: the hard examples held, oldest first, a page at a time."""
+
+    after: SampleId | None = Field(
+        None, description="List only samples after this id (the previous page's last)."
+    )
+    limit: int = Field(100, ge=1, le=MAX_SAMPLE_LIST, description="Most samples in one reply.")
+
+
+class SampleListReply(Args):
+    """sample-list's reply data."""
+
+    samples: list[SampleMeta] = Field(description="Metadata of each sample, oldest first.")
+    more: bool = Field(description="Whether samples follow the last one listed.")
+    count: int = Field(ge=0, description="Samples held in all.")
+    bytes: int = Field(ge=0, description="Bytes they take, data and metadata.")
+    evicted: int = Field(ge=0, description="Samples removed unconfirmed to keep the budget since start.")
+    unreadable: list[str] = Field(
+        default_factory=list, description="Ids on this page whose metadata cannot be read (a damaged file)."
+    )
+
+
+class SampleChunkArgs(Args):
+    """sample-chunk: bytes of a sample's data file."""
+
+    id: SampleId = Field(description="Sample id.")
+    offset: int = Field(ge=0, description="First byte.")
+    length: int = Field(ge=1, le=MAX_SAMPLE_CHUNK, description=f"Bytes to read, at most {MAX_SAMPLE_CHUNK}.")
+
+
+class SampleChunkReply(Args):
+    """sample-chunk's reply data: the bytes (base64: replies are JSON) and their hash."""
+
+    id: SampleId = Field(description="Sample id.")
+    offset: int = Field(ge=0, description="First byte.")
+    size: int = Field(ge=0, description="Bytes of the whole data file.")
+    sha256: Sha256 = Field(description="SHA-256 of this chunk's bytes, hex.")
+    data_base64: str = Field(max_length=4 * (MAX_SAMPLE_CHUNK // 3 + 1), description="The chunk, base64.")
+
+
+class SampleConfirmation(Args):
+    """One sample the operator holds and has verified."""
+
+    id: SampleId = Field(description="Sample id.")
+    sha256: Sha256 = Field(description="SHA-256 of the data the operator verified; must match the device's.")
+
+
+class SampleConfirmArgs(Args):
+    """sample-confirm: the operator holds these samples, verified: the device may delete them."""
+
+    samples: list[SampleConfirmation] = Field(
+        min_length=1, max_length=MAX_SAMPLE_CONFIRM, description="Samples to delete, with their hashes."
+    )
+
+
 SetResultsPolicyArgs = ResultsPolicy
 """set-results-policy: the args are the policy itself."""
 
@@ -252,12 +346,19 @@ COMMAND_ARGS: dict[str, type[BaseModel]] = {
     "restart-pipeline": NoArgs,
     "set-log-level": SetLogLevelArgs,
     "set-results-policy": SetResultsPolicyArgs,
+    "sample-list": SampleListArgs,
+    "sample-chunk": SampleChunkArgs,
+    "sample-confirm": SampleConfirmArgs,
 }
 """The args model of every command the agent knows, by name: the contract in one place."""
 
 
 __all__ = [
     "COMMAND_ARGS",
+    "MAX_SAMPLE_CHUNK",
+    "MAX_SAMPLE_CONFIRM",
+    "MAX_SAMPLE_LIST",
+    "SAMPLE_ID_PATTERN",
     "SCHEMA",
     "Args",
     "CommandReply",
@@ -269,6 +370,14 @@ __all__ = [
     "NoArgs",
     "Payload",
     "Result",
+    "SampleChunkArgs",
+    "SampleChunkReply",
+    "SampleConfirmArgs",
+    "SampleConfirmation",
+    "SampleListArgs",
+    "SampleListReply",
+    "SampleMeta",
+    "SampleTrigger",
     "SetConfigArgs",
     "SetLogLevelArgs",
     "SetResultsPolicyArgs",

@@ -3,7 +3,7 @@
 What a tool on the fleet's side needs to speak to devices exactly as they speak, and nothing of the device's own
 session, outbox, pacer or command router:
     payloads      Status, Telemetry, Event, Result, CommandRequest, CommandReply, the command args models and
-                  COMMAND_ARGS, ModelRef, EventType, Severity, SCHEMA, parse, describe_validation_error
+                  COMMAND_ARGS, the hard-example sample models (SampleMeta, Sample*Args, Sample*Reply), ModelRef, EventType, Severity, SCHEMA, parse, describe_validation_error
     topics        Topics, ParsedTopic, TopicKind, ID_PATTERN, render_prefix, validate_id, validate_topic_name
     errors        LinkError and its family (ConnectFailed, ConnectionRefused, TlsFailure, LinkSetupError, PayloadError,
                   TopicError, PublishFailed, CommandError)
@@ -49,6 +49,10 @@ from agent.link.mqtt import (
 )
 from agent.link.payloads import (
     COMMAND_ARGS,
+    MAX_SAMPLE_CHUNK,
+    MAX_SAMPLE_CONFIRM,
+    MAX_SAMPLE_LIST,
+    SAMPLE_ID_PATTERN,
     SCHEMA,
     CommandReply,
     CommandRequest,
@@ -58,6 +62,14 @@ from agent.link.payloads import (
     NoArgs,
     Payload,
     Result,
+    SampleChunkArgs,
+    SampleChunkReply,
+    SampleConfirmArgs,
+    SampleConfirmation,
+    SampleListArgs,
+    SampleListReply,
+    SampleMeta,
+    SampleTrigger,
     SetConfigArgs,
     SetLogLevelArgs,
     SetResultsPolicyArgs,
@@ -81,6 +93,10 @@ from agent.link.topics import (
 __all__ = [
     "COMMAND_ARGS",
     "ID_PATTERN",
+    "MAX_SAMPLE_CHUNK",
+    "MAX_SAMPLE_CONFIRM",
+    "MAX_SAMPLE_LIST",
+    "SAMPLE_ID_PATTERN",
     "SCHEMA",
     "Callbacks",
     "CertValidity",
@@ -106,6 +122,14 @@ __all__ = [
     "PublishFailed",
     "Reason",
     "Result",
+    "SampleChunkArgs",
+    "SampleChunkReply",
+    "SampleConfirmArgs",
+    "SampleConfirmation",
+    "SampleListArgs",
+    "SampleListReply",
+    "SampleMeta",
+    "SampleTrigger",
     "SetConfigArgs",
     "SetLogLevelArgs",
     "SetResultsPolicyArgs",

@@ -16,11 +16,9 @@ Invariants:
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import re
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +28,7 @@ import cv2
 import numpy as np
 
 from agent.errors import InputError
-from agent.fsutil import write_atomic
+from agent.pipeline.budget import BudgetFolder
 from agent.types import Array
 
 log = logging.getLogger("agent.snapshots")
@@ -103,41 +101,62 @@ def encode_capped(frame: Array, max_bytes: int, quality: int = 85, min_quality: 
 
 
 class SnapshotStore:
-    """Saves event snapshots into a folder and keeps it under a byte budget (see the module docstring)."""
+    """Saves event snapshots into a folder and keeps it under a byte budget (see the module docstring).
+
+    The budget, the scan and the full-disk handling are `BudgetFolder`'s (agent/pipeline/budget.py), which the
+    hard-example store shares; a snapshot is an entry of one file."""
 
     def __init__(self, folder: Path | str, max_bytes: int, jpeg_quality: int = 85) -> None:
-        self.folder = Path(folder)
-        self.max_bytes = max_bytes
         self.jpeg_quality = jpeg_quality
-        self.saved = 0
-        self.evicted = 0
-        self.failures = 0
-        self.last_error: str | None = None
-        self._index: list[tuple[int, str, int]] = []  # (number, name, size), oldest first
-        self._total = 0
-        self._next = 1
-        self._scanned = False
-        self._lock = threading.Lock()
-        self._reported: set[str] = set()
+        self._store = BudgetFolder(folder, max_bytes, _NAME, _TEMP, what="snapshot", logger=log)
+        self._encode_failures = 0
+
+    @property
+    def folder(self) -> Path:
+        """Where the snapshots are."""
+        return self._store.folder
+
+    @property
+    def max_bytes(self) -> int:
+        """The byte budget."""
+        return self._store.max_bytes
+
+    @property
+    def saved(self) -> int:
+        """Snapshots saved since start."""
+        return self._store.saved
+
+    @property
+    def evicted(self) -> int:
+        """Snapshots removed to keep the budget."""
+        return self._store.evicted
+
+    @property
+    def failures(self) -> int:
+        """Snapshots that could not be saved (or old ones that could not be removed)."""
+        return self._store.failures
+
+    @property
+    def last_error(self) -> str | None:
+        """The last failure, in one line."""
+        return self._store.last_error
 
     @property
     def total_bytes(self) -> int:
         """Bytes held by the managed snapshots."""
-        return self._total
+        return self._store.total_bytes
 
     def names(self) -> list[str]:
         """The snapshots held, oldest first."""
-        with self._lock:
-            self._scan()
-            return [name for _, name, _ in self._index]
+        return [name for entry in self._store.entries() for name in entry.files]
 
     def path(self, name: str) -> Path | None:
         """The file of a held snapshot, or None for an unknown or malformed name."""
-        if not _NAME.match(name):
+        match = _NAME.match(name)
+        if not match:
             return None
-        with self._lock:
-            self._scan()
-            return self.folder / name if any(n == name for _, n, _ in self._index) else None
+        entry = self._store.get(int(match.group(1)))
+        return self.folder / name if entry is not None and name in entry.files else None
 
     def save(self, frame: Array, event_id: str, now: float | None = None) -> SnapshotRef | None:
         """Stores a JPEG of `frame` for event `event_id`; None (counted, logged once) when it cannot."""
@@ -148,111 +167,20 @@ class SnapshotStore:
             if len(data) > self.max_bytes:
                 data = encode_capped(frame, self.max_bytes, self.jpeg_quality).data
         except InputError as problem:
-            self._fail("encode", f"snapshot not saved: {problem}")
+            self._store.fail("encode", f"snapshot not saved: {problem}")
             return None
         return self.save_jpeg(data, event_id, now)
 
     def save_jpeg(self, data: bytes, event_id: str, now: float | None = None) -> SnapshotRef | None:
         """Stores ready-made JPEG bytes for event `event_id`; None (counted, logged once) when it cannot."""
-        if self.max_bytes <= 0 or len(data) > self.max_bytes:
-            self._fail("size", f"snapshot of {len(data)} bytes exceeds the budget of {self.max_bytes}")
-            return None
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
         tag = _UNSAFE.sub("-", event_id).strip("-")[:64] or "event"
-        with self._lock:
-            if not self._scan():
-                return None
-            number = self._next
-            name = f"{number:08d}_{stamp}_{tag}.jpg"
-            self._evict(self.max_bytes - len(data))
-            for attempt in range(4):
-                try:
-                    write_atomic(self.folder / name, data)
-                    break
-                except OSError as problem:
-                    if problem.errno == errno.ENOSPC and attempt < 3 and self._index:
-                        self._evict_oldest()  # a full disk: make room from our own oldest, a few at most
-                        continue
-                    self._fail(_kind(problem), f"snapshot not saved in {self.folder}: {_reason(problem)}")
-                    return None
-            self._next = number + 1
-            self._index.append((number, name, len(data)))
-            self._total += len(data)
-            self.saved += 1
-        return SnapshotRef(name, len(data))
+        entry = self._store.add(lambda number: [(f"{number:08d}_{stamp}_{tag}.jpg", data)])
+        if entry is None:
+            return None
+        [(name, size)] = entry.files.items()
+        return SnapshotRef(name, size)
 
     def status(self) -> dict[str, Any]:
         """JSON-ready figures for `status`."""
-        with self._lock:
-            return {
-                "folder": str(self.folder),
-                "count": len(self._index),
-                "bytes": self._total,
-                "max_bytes": self.max_bytes,
-                "saved": self.saved,
-                "evicted": self.evicted,
-                "failures": self.failures,
-                "last_error": self.last_error,
-            }
-
-    # ------------------------------------------------------------------ internals (lock held)
-
-    def _scan(self) -> bool:
-        if self._scanned:
-            return True
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            entries = list(self.folder.iterdir())
-        except OSError as problem:
-            self._fail(_kind(problem), f"snapshot folder {self.folder} unusable: {_reason(problem)}")
-            return False
-        found = []
-        for entry in entries:
-            name = entry.name
-            match = _NAME.match(name)
-            try:
-                if match and entry.is_file():
-                    found.append((int(match.group(1)), name, entry.stat().st_size))
-                elif _TEMP.match(name):
-                    entry.unlink()  # left by a power cut during a write
-            except OSError:
-                continue
-        found.sort()
-        self._index = found
-        self._total = sum(size for _, _, size in found)
-        self._next = found[-1][0] + 1 if found else 1
-        self._scanned = True
-        self._evict(self.max_bytes)
-        return True
-
-    def _evict(self, room: int) -> None:
-        while self._index and self._total > max(room, 0):
-            self._evict_oldest()
-
-    def _evict_oldest(self) -> None:
-        _, name, size = self._index.pop(0)
-        try:
-            (self.folder / name).unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as problem:  # reported, and forgotten: the budget must not wedge on one stubborn file
-            self._fail("evict", f"cannot remove old snapshot {name}: {_reason(problem)}")
-        self._total -= size
-        self.evicted += 1
-
-    def _fail(self, kind: str, message: str) -> None:
-        self.failures += 1
-        self.last_error = message
-        if kind in self._reported:
-            log.debug("%s", message)
-        else:
-            self._reported.add(kind)
-            log.warning("%s", message)
-
-
-def _kind(problem: OSError) -> str:
-    return errno.errorcode.get(problem.errno or 0, type(problem).__name__)
-
-
-def _reason(problem: OSError) -> str:
-    return problem.strerror or str(problem)
+        return self._store.status()
