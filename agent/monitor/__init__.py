@@ -1,4 +1,5 @@
-"""Pure monitors, no I/O: latency histograms and loop metrics, anomaly episodes, data drift against the reference.
+"""Pure monitors, no I/O: latency histograms and loop metrics, anomaly episodes (from results and operational), data
+drift against the reference.
 
 The daemon feeds them from the inference thread (`LoopObserver.on_record`) and reads them from others; the clock is
 always the caller's (`now` arguments), so every figure can be reproduced in a test.
@@ -6,8 +7,10 @@ always the caller's (`now` arguments), so every figure can be reproduced in a te
 
 from agent.monitor.anomaly import AnomalyRules, AnomalyTracker, Finding, assess
 from agent.monitor.drift import DriftMonitor, DriftReport, psi
+from agent.monitor.episodes import Episode, Hysteresis
 from agent.monitor.histogram import LatencyHistogram
 from agent.monitor.metrics import STAGES, LoopMetrics, RateWindow
+from agent.monitor.operational import OperationalMonitor, OperationalRules, Window
 
 __all__ = [
     "STAGES",
@@ -15,10 +18,15 @@ __all__ = [
     "AnomalyTracker",
     "DriftMonitor",
     "DriftReport",
+    "Episode",
     "Finding",
+    "Hysteresis",
     "LatencyHistogram",
     "LoopMetrics",
+    "OperationalMonitor",
+    "OperationalRules",
     "RateWindow",
+    "Window",
     "assess",
     "psi",
 ]
