@@ -193,6 +193,84 @@ class AnomalyConfig(Section):
         (), description="Detection/classification labels that count as anomalies (e.g. ['person'])."
     )
     min_score: float = Field(0.5, ge=0, le=1, description="Score a listed label needs to count.")
+    max_objects: int | None = Field(
+        None,
+        ge=0,
+        description="A frame with more than this many detections is an anomaly (None: no such rule).",
+    )
+    rise_after: int = Field(1, ge=1, le=1000, description="Anomalous results in a row that start an episode.")
+    clear_after: int = Field(
+        3, ge=1, le=100_000, description="Normal results in a row an episode needs to end."
+    )
+    clear_s: float = Field(
+        10.0,
+        ge=0,
+        le=86400,
+        description="An episode ends only this many seconds after its last anomalous result (and `clear_after` "
+        "normal ones): a fault that comes back sooner continues the same episode instead of starting a new one.",
+    )
+
+
+class OperationalConfig(Section):
+    """Operational anomalies of the agent itself (latency, errors, heat, a stalled source, drops), judged per window."""
+
+    enabled: bool = Field(
+        True, description="Watch the loop, the source and the host for operational anomalies."
+    )
+    window_s: float = Field(10.0, ge=1, le=3600, description="Length of one monitoring window, seconds.")
+    device_class: str | None = Field(
+        None,
+        min_length=1,
+        description="This device's class (e.g. 'rpi4'): the manifest's latency budget for it applies. None: only "
+        "`latency_budget_ms`, if set.",
+    )
+    latency_budget_ms: float | None = Field(
+        None,
+        gt=0,
+        description="Invoke p99 budget, ms; overrides the manifest's. None: the manifest's for device_class.",
+    )
+    latency_windows: int = Field(
+        3,
+        ge=1,
+        le=1000,
+        description="Windows in a row with the invoke p99 over the budget that start an episode.",
+    )
+    min_results: int = Field(
+        10, ge=1, description="A window with fewer results does not judge latency (too few for a p99)."
+    )
+    max_errors: int = Field(
+        10, ge=0, description="More failed items than this in one window is an error burst."
+    )
+    max_temp_c: float | None = Field(
+        85.0,
+        description="A CPU at this temperature or above counts as throttling (besides the Pi firmware's flags).",
+    )
+    stalled_s: float = Field(
+        30.0,
+        gt=0,
+        le=86400,
+        description="No item for this many seconds while the source claims to run: stalled.",
+    )
+    max_drop_ratio: float | None = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="Share of items the latest-wins mailbox overwrote in a window above which drops are an anomaly "
+        "(some drops are by design when the source outpaces the model). None: off.",
+    )
+    drop_windows: int = Field(
+        3, ge=1, le=1000, description="Windows in a row over the drop bound that start one."
+    )
+    min_frames: int = Field(10, ge=1, description="A window with fewer items in does not judge drops.")
+    clear_windows: int = Field(
+        2, ge=1, le=1000, description="Normal windows in a row an episode needs to end."
+    )
+    clear_s: float = Field(
+        30.0, ge=0, le=86400, description="And this many seconds since its last breached window."
+    )
+    cooldown_s: float = Field(
+        60.0, ge=0, description="At most one update event per this many seconds while an episode lasts."
+    )
 
 
 class DriftConfig(Section):
@@ -248,6 +326,9 @@ class MonitorConfig(Section):
     """Health, anomaly and drift monitors."""
 
     anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig, description="Anomaly events.")
+    operational: OperationalConfig = Field(
+        default_factory=OperationalConfig, description="Operational anomaly events."
+    )
     drift: DriftConfig = Field(default_factory=DriftConfig, description="Drift detection.")
     system_interval_s: float = Field(5.0, gt=0, description="How often CPU, memory and temperature are read.")
     recent_events: int = Field(

@@ -35,7 +35,7 @@ def _run(tracker: AnomalyTracker, scores: list[float], period_s: float = 1.0) ->
 
 
 def test_a_persisting_anomaly_fires_on_the_rising_edge_then_once_per_cooldown() -> None:
-    tracker = AnomalyTracker(AnomalyRules(cooldown_s=10.0))
+    tracker = AnomalyTracker(AnomalyRules(cooldown_s=10.0, clear_s=0.0))
     events = _run(tracker, [0.1] * 3 + [0.5] * 25 + [0.1] * 5)
     assert events == [(3.0, "start"), (13.0, "ongoing"), (23.0, "ongoing"), (30.0, "end")]
     assert tracker.episodes == 1 and not tracker.active
@@ -56,7 +56,7 @@ def test_rise_after_debounces_a_single_noisy_result() -> None:
 
 
 def test_a_new_episode_after_a_clear_fires_again() -> None:
-    tracker = AnomalyTracker(AnomalyRules(cooldown_s=60.0, clear_after=2))
+    tracker = AnomalyTracker(AnomalyRules(cooldown_s=60.0, clear_after=2, clear_s=0.0))
     events = _run(tracker, [0.5, 0.1, 0.1, 0.5])
     assert [phase for _, phase in events] == ["start", "end", "start"]
     assert tracker.episodes == 2

@@ -27,7 +27,7 @@ from agent.monitor.features import FeatureSpec, spec_for
 from agent.monitor.reference import bundle_calibration, spec_of
 
 sys.path.insert(0, str(ROOT / "scripts"))
-import drift_streams  # noqa: E402
+import drift_streams
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from agent.term import console, print_json, table
 
 if TYPE_CHECKING:
     from rich.console import Group
+    from rich.table import Table
 
     from agent.config import AgentConfig
 
@@ -234,4 +235,21 @@ def render_status(data: dict[str, Any]) -> Group:
     )
     event_rows = [[e.get("type"), e.get("severity"), e.get("message")] for e in data.get("events", [])[-6:]]
     events = table("recent events", ["type", "severity", "message"], event_rows or [["-", "-", "none"]])
-    return Group(header, overview, stage_table, sources, sys_table, events)
+    return Group(header, overview, anomaly_table(metrics), stage_table, sources, sys_table, events)
+
+
+def anomaly_table(metrics: dict[str, Any]) -> Table:
+    """The anomaly episodes going on: kind, severity, how long, updates sent, why (or one 'none' row)."""
+    active = _get(metrics, "anomaly", "active") or []
+    rows = [
+        [
+            entry.get("kind"),
+            entry.get("severity"),
+            f"{entry.get('duration_s', 0):.0f} s",
+            entry.get("updates"),
+            entry.get("reason") or "",
+        ]
+        for entry in active
+    ]
+    title = f"anomalies: {len(active)} active" if active else "anomalies"
+    return table(title, ["kind", "severity", "for", "updates", "why"], rows or [["none", "", "", "", ""]])

@@ -115,7 +115,7 @@ class Daemon:
         try:
             while not self._stop.wait(TICK_S):
                 now = self._last_tick = time.monotonic()
-                self._guard("model service", functools.partial(self.models.tick, now))
+                self._guard("model service", functools.partial(self.models.tick, now, self.system_sample))
                 if now >= next_system:
                     self._guard("system probe", self._sample_system)
                     next_system = now + self.config.monitor.system_interval_s

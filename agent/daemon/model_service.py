@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,8 +142,9 @@ class ModelService:
                 return self._without_model(problem)
             return self._serve_first(first)
 
-    def tick(self, now: float) -> None:
-        """Main thread, every tick: reaps quarantined models, follows a hang in and out, retries a missing model."""
+    def tick(self, now: float, system: Mapping[str, Any] | None = None) -> None:
+        """Main thread, every tick: reaps quarantined models, follows a hang in and out, retries a missing model,
+        and (given the latest system sample) lets the monitors judge their operational window."""
         if self._quarantine:
             self._reap()
         pipeline = self._pipeline
@@ -163,6 +165,10 @@ class ModelService:
                 log.warning("the hung invoke returned; serving again")
         elif self._state is SlotState.NO_MODEL and now >= self._next_try:
             self.retry()
+        if (
+            pipeline is not None and system is not None
+        ):  # last: a failure here cannot hold up the rest of the tick
+            pipeline.monitors.watch(now, next(iter(pipeline.source_status()), None), system)
 
     def retry(self) -> Outcome:
         """Tries the configured model again while none serves; on success the pipeline starts."""

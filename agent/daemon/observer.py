@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,11 +22,12 @@ from typing import Any
 from agent.config import MonitorConfig, SnapshotConfig
 from agent.daemon.baseline import BaselineStore, Calibrator
 from agent.daemon.capture import CaptureJob, HardExamples
+from agent.daemon.operations import OperationsWatch, anomaly_rules
 from agent.daemon.ports import Reporter
 from agent.errors import AgentError
 from agent.events import AgentEvent
 from agent.inference.reference import DriftReference
-from agent.monitor.anomaly import AnomalyRules, AnomalyTracker
+from agent.monitor.anomaly import AnomalyTracker
 from agent.monitor.calibration import Calibration
 from agent.monitor.drift import BaselineJob, DriftMonitor
 from agent.monitor.health import ModelHealth
@@ -62,12 +63,11 @@ class Monitors(LoopObserver):
         self._ports = ports
         config = ports
         self.metrics = LoopMetrics(time.monotonic())
-        self._rules = AnomalyRules(
-            cooldown_s=config.monitor.anomaly.cooldown_s,
-            labels=config.monitor.anomaly.labels,
-            min_score=config.monitor.anomaly.min_score,
-        )
+        self._rules = anomaly_rules(config.monitor.anomaly)
         self._anomaly = AnomalyTracker(self._rules)
+        self.operations = OperationsWatch(
+            config.monitor.operational, self.metrics, active.model.manifest, time.monotonic()
+        )
         self._drift: DriftMonitor | None = None
         self._baselines = BaselineStore(ports.state_dir / "drift")
         self._reset_baseline = False
@@ -104,6 +104,7 @@ class Monitors(LoopObserver):
             self._active = active
             self.health = ModelHealth(active.model.name, active.model.version, time.time())
             self._anomaly = AnomalyTracker(self._rules)
+            self.operations.follow(active.model.manifest)
             self._drift = drift
             if count_swap:
                 self.metrics.record_swap()
@@ -240,6 +241,11 @@ class Monitors(LoopObserver):
                 {"kind": kind, "errors_since_last_report": count, "errors_total": self._error_count},
             )
 
+    def watch(self, now: float, source: Mapping[str, Any] | None, system: Mapping[str, Any]) -> None:
+        """Main thread, every tick: reports the operational anomaly episodes of the window that ended, if one did."""
+        for event in self.operations.watch(now, source, system):
+            self._ports.report.emit(event)
+
     def on_sinks(self, seconds: float) -> None:
         """Records the sinks' time."""
         self.metrics.record_stage("sinks", seconds)
@@ -295,4 +301,17 @@ class Monitors(LoopObserver):
         data["snapshots"] = self._snapshots.status() if self._snapshots is not None else None
         data["samples"] = self._capture.status() if self._capture is not None else None
         data["event_queue_drops"] = self.write_drops
+        data["anomaly"] = self.anomaly_status()
         return data
+
+    def anomaly_status(self) -> dict[str, Any]:
+        """The anomaly episodes going on (from the model's results and operational), JSON-ready."""
+        now = time.monotonic()
+        active = self.operations.status(now)
+        model = self._anomaly.status(now)
+        if model is not None:
+            active.insert(0, {**model, "since": round(time.time() - model["duration_s"], 3)})
+        return {
+            "active": active,
+            "episodes": {"results": self._anomaly.episodes, **self.operations.monitor.episodes()},
+        }

@@ -54,6 +54,8 @@ def row_cells(row: DeviceRow, now: float) -> list[str]:
     anomaly = ""
     if row.anomaly is not None:
         anomaly = f"{local_time(row.anomaly.time)} {' '.join(row.anomaly.message.split())}"
+    if row.active_anomalies:
+        anomaly = f"ACTIVE {', '.join(row.active_anomalies)}; {anomaly}".rstrip("; ")
     last_seen = None if row.last_seen is None else now - row.last_seen
     return [
         escape(row.device),

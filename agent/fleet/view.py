@@ -49,6 +49,8 @@ class DeviceRow:
     dropped: int | None = None
     telemetry_time: float | None = None
     anomaly: Anomaly | None = None
+    active_anomalies: tuple[str, ...] | None = None
+    """Kinds of the anomaly episodes going on, from the latest telemetry (None: the device does not say)."""
     last_seen: float | None = None
 
     def seen(self, when: float) -> None:
@@ -78,6 +80,7 @@ class DeviceRow:
                 "severity": self.anomaly.severity,
                 "message": self.anomaly.message,
             },
+            "active_anomalies": None if self.active_anomalies is None else list(self.active_anomalies),
             "last_seen": self.last_seen,
             "last_seen_age_s": None if self.last_seen is None else round(max(0.0, now - self.last_seen), 3),
         }
@@ -157,6 +160,12 @@ class FleetView:
             row.latency_p95_ms = _number(_dig(metrics, "latency_ms", "invoke", "p95"))
         dropped = _number(_dig(metrics, "counters", "dropped"))
         row.dropped = None if dropped is None else int(dropped)
+        active = _dig(metrics, "anomaly", "active")
+        row.active_anomalies = (
+            tuple(str(entry.get("kind")) for entry in active if isinstance(entry, dict))
+            if isinstance(active, list)
+            else None
+        )
         return True
 
     def apply_event(self, device: str, event: Event) -> bool:

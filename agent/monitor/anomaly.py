@@ -1,18 +1,20 @@
 """Anomaly events from decoded results, debounced with hysteresis. Pure: results and times in, events out.
 
-What counts as anomalous (`assess`):
-- an anomaly-task result whose `anomaly` flag is set (its score is above the model's threshold);
-- a classification whose top-1 label, or a detection whose label, is one of the configured `labels` with a score of at
-  least `min_score`.
+What counts as anomalous (`assess`), with the evidence's `kind` saying which:
+- `model`: an anomaly-task result whose `anomaly` flag is set (its score is above the bundle's threshold);
+- `rule`: a classification whose top-1 label, or a detection whose label, is one of the configured `labels` with a
+  score of at least `min_score` (rule `labels`); or a detection result with more than `max_objects` detections in
+  one frame (rule `max_objects`).
 Raw results never do.
 
-Episodes (`AnomalyTracker.update`):
+Episodes (`AnomalyTracker.update`, over `agent.monitor.episodes.Episode`):
 - an episode starts after `rise_after` anomalous results in a row, and the start is reported at once;
-- while it lasts, an "ongoing" reminder goes out at most once per `cooldown_s` (counted from the previous event), and
+- while it lasts, an "ongoing" update goes out at most once per `cooldown_s` (counted from the previous event), and
   only on an anomalous result;
-- it ends after `clear_after` normal results in a row (hysteresis: a single normal frame inside an anomaly does not
-  end it, so a flapping score cannot raise an event per frame); the end is reported when `report_end` is set.
-So the number of events is bounded by one start and one end per episode plus one reminder per `cooldown_s`.
+- it ends after `clear_after` normal results in a row *and* `clear_s` seconds without an anomalous one (hysteresis: a
+  single normal frame does not end it, and a fault that comes back within `clear_s`, such as a recording replayed in
+  a loop, continues the same episode); the end is reported when `report_end` is set.
+So the number of events is bounded by one start and one end per episode plus one update per `cooldown_s`.
 Times are the caller's monotonic seconds.
 """
 
@@ -22,8 +24,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.events import AgentEvent, Severity
+from agent.events import AgentEvent, Phase, Severity
 from agent.inference.results import AnomalyResult, ClassificationResult, DetectionResult, Result
+from agent.monitor.episodes import Episode, Hysteresis
 
 
 @dataclass(frozen=True)
@@ -35,9 +38,17 @@ class AnomalyRules:
     min_score: float = 0.5
     rise_after: int = 1
     clear_after: int = 3
+    clear_s: float = 10.0
+    """An episode ends only this long after its last anomalous result (and `clear_after` normal ones)."""
+    max_objects: int | None = None
+    """A detection result with more than this many detections is anomalous (None: no such rule)."""
     critical_ratio: float = 3.0
     """An anomaly score at or above this multiple of the threshold is `critical` rather than `warning`."""
     report_end: bool = True
+
+    def hysteresis(self) -> Hysteresis:
+        """The episode timing of these rules."""
+        return Hysteresis(self.rise_after, self.clear_after, self.clear_s, self.cooldown_s)
 
 
 @dataclass(frozen=True)
@@ -64,7 +75,7 @@ def assess(result: Result | Mapping[str, Any], rules: AnomalyRules) -> Finding:
         case ClassificationResult():
             return _assess_labels(result.labels, "classified as ", rules, top_only=True)
         case DetectionResult():
-            return _assess_labels(result.detections, "detected ", rules)
+            return _assess_detections(result.detections, rules)
     return _NORMAL
 
 
@@ -76,8 +87,19 @@ def _assess_dict(data: Mapping[str, Any], rules: AnomalyRules) -> Finding:
     if task == "classification":
         return _assess_labels(data.get("labels"), "classified as ", rules, top_only=True)
     if task == "detection":
-        return _assess_labels(data.get("detections"), "detected ", rules)
+        return _assess_detections(data.get("detections"), rules)
     return _NORMAL
+
+
+def _assess_detections(entries: Iterable[Any] | None, rules: AnomalyRules) -> Finding:
+    listed = list(entries or ())
+    finding = _assess_labels(listed, "detected ", rules)
+    if finding.anomalous or rules.max_objects is None or len(listed) <= rules.max_objects:
+        return finding
+    evidence = {"kind": "rule", "rule": "max_objects", "count": len(listed), "bound": rules.max_objects}
+    return Finding(
+        True, "warning", f"{len(listed)} objects in one frame (more than {rules.max_objects})", None, evidence
+    )
 
 
 def _assess_score(flagged: Any, raw_score: Any, raw_threshold: Any, rules: AnomalyRules) -> Finding:
@@ -90,6 +112,7 @@ def _assess_score(flagged: Any, raw_score: Any, raw_threshold: Any, rules: Anoma
         f"score {score:.4g} above threshold {threshold:.4g}" if score is not None and threshold else "flagged"
     )
     evidence = {
+        "kind": "model",
         "score": score,
         "threshold": threshold,
         "ratio": None if ratio is None else round(ratio, 3),
@@ -113,7 +136,8 @@ def _assess_labels(
     matches = [{"label": label, "score": round(score, 4)} for label, score in found]
     text = prefix + ", ".join(f"{label} {score:.2f}" for label, score in found[:5])
     peak = max(score for _, score in found)
-    return Finding(True, "warning", text, peak, {"matches": matches[:10], "count": len(matches)})
+    evidence = {"kind": "rule", "rule": "labels", "matches": matches[:10], "count": len(matches)}
+    return Finding(True, "warning", text, peak, evidence)
 
 
 def _label_score(entry: Any) -> tuple[str | None, float | None]:
@@ -131,20 +155,25 @@ class AnomalyTracker:
 
     def __init__(self, rules: AnomalyRules | None = None) -> None:
         self.rules = rules or AnomalyRules()
-        self.active = False
-        self.episodes = 0
-        self._run = 0  # anomalous results in a row before a start, normal ones in a row during an episode
-        self._started = 0.0
-        self._last_event = 0.0
-        self._hits = 0
+        self._episode = Episode(self.rules.hysteresis())
         self._peak: float | None = None
         self._severity: Severity = "warning"
+        self._kind = "model"
+        self._reason = ""
+
+    @property
+    def active(self) -> bool:
+        """Whether an episode is going on."""
+        return self._episode.active
+
+    @property
+    def episodes(self) -> int:
+        """Episodes started so far."""
+        return self._episode.count
 
     def reset(self) -> None:
         """Forgets the current episode without reporting its end (after a model swap)."""
-        self.active = False
-        self._run = 0
-        self._hits = 0
+        self._episode.reset()
         self._peak = None
 
     def update(
@@ -152,45 +181,50 @@ class AnomalyTracker:
     ) -> AgentEvent | None:
         """Feeds one result; returns the event it triggers, if any."""
         finding = assess(result, self.rules)
-        if not self.active:
-            if not finding.anomalous:
-                self._run = 0
-                return None
-            self._run += 1
-            if self._run < self.rules.rise_after:
-                return None
-            self.active, self._run, self.episodes = True, 0, self.episodes + 1
-            self._started = self._last_event = now
-            self._hits, self._peak, self._severity = 1, finding.score, finding.severity
-            return self._event(finding, "start", now, seq, f"anomaly: {finding.reason}")
-        if not finding.anomalous:
-            self._run += 1
-            if self._run < self.rules.clear_after:
-                return None
-            self.active, self._run = False, 0
-            if not self.rules.report_end:
-                return None
-            duration = now - self._started
-            message = f"anomaly ended after {duration:.1f} s ({self._hits} anomalous results)"
-            return self._event(finding, "end", now, seq, message)
-        self._run = 0
-        self._hits += 1
-        if finding.score is not None and (self._peak is None or finding.score > self._peak):
-            self._peak = finding.score
-        if finding.severity == "critical":
-            self._severity = "critical"
-        if now - self._last_event < self.rules.cooldown_s:
+        episode = self._episode
+        phase = episode.step(finding.anomalous, now)
+        if finding.anomalous:
+            if phase == "start":
+                self._peak, self._severity = finding.score, finding.severity
+            elif finding.score is not None and (self._peak is None or finding.score > self._peak):
+                self._peak = finding.score
+            if finding.severity == "critical":
+                self._severity = "critical"
+            self._kind, self._reason = str(finding.evidence.get("kind", "model")), finding.reason
+        if phase is None or (phase == "end" and not self.rules.report_end):
             return None
-        self._last_event = now
-        message = f"anomaly continues ({self._hits} anomalous results in {now - self._started:.1f} s): {finding.reason}"
-        return self._event(finding, "ongoing", now, seq, message)
+        duration = episode.duration_s(now)
+        if phase == "start":
+            message = f"anomaly: {finding.reason}"
+        elif phase == "ongoing":
+            message = (
+                f"anomaly continues ({episode.breaches} anomalous results in {duration:.1f} s, "
+                f"update {episode.updates}): {finding.reason}"
+            )
+        else:
+            message = f"anomaly ended after {duration:.1f} s ({episode.breaches} anomalous results)"
+        return self._event(finding, phase, now, seq, message)
 
-    def _event(self, finding: Finding, phase: str, now: float, seq: int | None, message: str) -> AgentEvent:
+    def status(self, now: float) -> dict[str, Any] | None:
+        """The episode going on, JSON-ready (None when there is none)."""
+        if not self._episode.active:
+            return None
+        return {
+            "kind": self._kind,
+            "severity": self._severity,
+            "reason": self._reason,
+            **self._episode.status(now),
+        }
+
+    def _event(self, finding: Finding, phase: Phase, now: float, seq: int | None, message: str) -> AgentEvent:
+        episode = self._episode
         evidence: dict[str, Any] = {
+            "kind": self._kind,
             **finding.evidence,
-            "episode": self.episodes,
-            "duration_s": round(now - self._started, 3),
-            "anomalous_results": self._hits,
+            "episode": episode.count,
+            "duration_s": round(episode.duration_s(now), 3),
+            "anomalous_results": episode.breaches,
+            "updates": episode.updates,
             "peak_score": None if self._peak is None else round(self._peak, 6),
         }
         if seq is not None:
@@ -198,6 +232,4 @@ class AnomalyTracker:
         if phase == "end":
             return AgentEvent("anomaly", "info", message, evidence, phase="end")
         severity = finding.severity if phase == "start" else self._severity
-        return AgentEvent(
-            "anomaly", severity, message, evidence, phase="start" if phase == "start" else "ongoing"
-        )
+        return AgentEvent("anomaly", severity, message, evidence, phase=phase)

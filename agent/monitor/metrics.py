@@ -199,6 +199,12 @@ class LoopMetrics:
         with self._lock:
             return dict(self._counts)
 
+    def totals(self, stage: str = "invoke") -> tuple[dict[str, int], LatencyHistogram]:
+        """A copy of the totals and of one stage's histogram (the operational monitor's windows are cut from these)."""
+        with self._lock:
+            histogram = self._hist.get(stage)
+            return dict(self._counts), histogram.copy() if histogram is not None else LatencyHistogram()
+
     def snapshot(self, now: float, interval: bool = False) -> dict[str, Any]:
         """JSON-ready metrics; with `interval`, adds the figures since the previous interval snapshot."""
         with self._lock:
