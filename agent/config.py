@@ -315,9 +315,9 @@ class DriftConfig(Section):
             raise ValueError(
                 f"ert_items ({self.ert_items:g}) must be more than twice every_n ({self.every_n})"
             )
-        if self.baseline_items < 2 * self.every_n:
+        if self.baseline_items < 10 * self.every_n:
             raise ValueError(
-                f"baseline_items ({self.baseline_items}) must hold at least two windows of every_n ({self.every_n})"
+                f"baseline_items ({self.baseline_items}) must hold at least 10 windows of every_n ({self.every_n})"
             )
         return self
 

@@ -78,3 +78,28 @@ def progress_bar() -> Iterator[Callable[[str, int, int], None]]:
 
 
 __all__ = ["console", "error", "fmt", "print_json", "progress_bar", "table"]
+
+
+def drift_summary(drift: Any) -> str | None:
+    """One word or two for a telemetry `drift` block: `off`, `learning 40%`, `calibrating`, `ok`, `DRIFT <stat>`."""
+    if drift is None:
+        return "off"
+    if not isinstance(drift, dict):
+        return None
+    if drift.get("drifting"):
+        last = drift.get("last")
+        last = last if isinstance(last, dict) else {}
+        return f"DRIFT {last.get('worst') or ''}".rstrip()
+    state = drift.get("state")
+    if state == "learning":
+        baseline = drift.get("baseline")
+        baseline = baseline if isinstance(baseline, dict) else {}
+        done, total = _count(baseline.get("items")), _count(baseline.get("of"))
+        return f"learning {100 * done / total:.0f}%" if done is not None and total else "learning"
+    if state == "calibrating":
+        return "calibrating"
+    return "ok" if state == "watching" else None
+
+
+def _count(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

@@ -44,7 +44,7 @@ def refresh(folder: Path) -> str:
     path = folder / manifest.reference
     reference = DriftReference.model_validate_json(path.read_bytes())
     reference.features = feature_table(manifest.input, manifest.task, bundle.labels, samples, results)
-    write_atomic(path, reference.model_dump_json(by_alias=True, indent=1).encode(), mode=0o644)
+    write_atomic(path, reference.model_dump_json(by_alias=True).encode(), mode=0o644)
     data = manifest.to_json_dict()
     data["files"][manifest.reference] = file_entry(path).model_dump(mode="json")
     write_atomic(folder / "manifest.json", (json.dumps(data, indent=2) + "\n").encode(), mode=0o644)

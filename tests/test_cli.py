@@ -140,6 +140,10 @@ def test_init_turns_a_bare_tflite_file_into_a_verified_bundle(tmp_path):
     assert "golden self-test: PASS" in run_cli("model", "verify", str(out), check=True).stdout
     inferred = json.loads(run_cli("infer", "--json", "--model", str(out), samples[4], check=True).stdout)
     assert inferred["results"][0]["result"]["labels"][0]["label"] == "4"
+    features = json.loads((out / "reference.json").read_text())["features"]  # the drift monitor's rows
+    assert len(features["inputs"]) == len(features["outputs"]) == len(samples)
+    calibration = features["calibration"]
+    assert calibration["every_n"] == 100 and "output.label" in calibration["thresholds"]
 
 
 def test_init_drafts_an_nchw_contract_for_an_onnx_model(tmp_path):

@@ -177,6 +177,7 @@ def test_command_arg_models_are_in_one_place() -> None:
         "restart-pipeline",
         "set-log-level",
         "set-results-policy",
+        "reset-baseline",
         "sample-list",
         "sample-chunk",
         "sample-confirm",

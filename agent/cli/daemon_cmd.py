@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.term import console, print_json, table
+from agent.term import console, drift_summary, print_json, table
 
 if TYPE_CHECKING:
     from rich.console import Group
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Registers `run`, `status` and `config`."""
+    """Registers `run`, `status`, `baseline` and `config`."""
     run = sub.add_parser("run", help="run the daemon: source, model, monitors, fleet link")
     run.add_argument(
         "--config",
@@ -36,6 +36,15 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     status.add_argument("--json", action="store_true", help="print JSON instead of tables")
     status.set_defaults(handler=run_status)
+
+    baseline = sub.add_parser("baseline", help="the running daemon's site drift baseline")
+    baseline_sub = baseline.add_subparsers(dest="baseline_command", required=True, metavar="ACTION")
+    reset = baseline_sub.add_parser(
+        "reset", help="forget the site baseline (the camera was moved): the daemon learns a new one"
+    )
+    reset.add_argument("--config", type=Path, default=None, help="agent.toml, to find the control socket")
+    reset.add_argument("--socket", type=Path, default=None, help="control socket path (overrides the config)")
+    reset.set_defaults(handler=run_baseline_reset)
 
     config = sub.add_parser("config", help="check or show the configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -100,6 +109,20 @@ def run_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_baseline_reset(args: argparse.Namespace) -> int:
+    """Asks the running daemon to forget its site drift baseline."""
+    from agent.config import load_config
+    from agent.daemon.control import request
+
+    socket_path = args.socket if args.socket is not None else load_config(args.config).resolved_socket()
+    data = request(socket_path, "reset-baseline")
+    console().print(
+        f"site baseline of {data['model']} v{data['version']} reset"
+        f"{' (the stored one removed)' if data['removed_stored'] else ''}: learning a new one from the next items"
+    )
+    return 0
+
+
 def run_validate(args: argparse.Namespace) -> int:
     """Checks one config file."""
     from agent.config import load_config
@@ -151,7 +174,6 @@ def render_status(data: dict[str, Any]) -> Group:
         header.add_row(f"[bold red]no model in service[/]: {escape(str(agent.get('problem')))}")
     counters = metrics.get("counters", {})
     rates = metrics.get("rates", {})
-    drift = metrics.get("drift") or {}
     overview = table(
         None,
         [
@@ -173,7 +195,7 @@ def render_status(data: dict[str, Any]) -> Group:
                 counters.get("errors", 0),
                 _get(metrics, "frame_age_ms", "p50"),
                 _get(metrics, "frame_age_ms", "p99"),
-                ("DRIFT" if drift.get("drifting") else "ok") if drift else "off",
+                drift_summary(metrics.get("drift")) or "?",
             ]
         ],
     )

@@ -92,7 +92,12 @@ class Daemon:
         self._start_uplink()  # before the pipeline (the loop gets its results sink) and the report (the fleet hears it)
         self.models.start()
         self._control = ControlServer(
-            self.config.resolved_socket(), {"status": lambda _: self.status(), "ping": lambda _: "pong"}
+            self.config.resolved_socket(),
+            {
+                "status": lambda _: self.status(),
+                "ping": lambda _: "pong",
+                "reset-baseline": lambda _: self.models.reset_baseline(),
+            },
         )
         try:
             self._control.start()
@@ -228,6 +233,7 @@ class Daemon:
                 source_state=lambda: source_state(self.models),
                 set_results_policy=self._set_results_policy,
                 samples=self.samples,
+                reset_baseline=self.models.reset_baseline,
             )
         )
         ports = UplinkPorts(self.events, self.report, self.status_brief, self.telemetry, commands)

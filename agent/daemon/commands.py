@@ -80,6 +80,8 @@ class CommandPorts:
     """The source's state and last error (None while no pipeline runs)."""
     set_results_policy: Callable[[ResultsPolicy], None]
     samples: SampleStore | None = None
+    reset_baseline: Callable[[], dict[str, Any]] | None = None
+    """Forgets the site drift baseline (reset-baseline); raises AgentError without a model."""
     """The hard examples (sample-list, sample-chunk, sample-confirm); None: those commands are not offered."""
 
 
@@ -97,6 +99,8 @@ class DeviceCommands:
         router.register("restart-pipeline", self.restart_pipeline, NoArgs)
         router.register("set-log-level", self.set_log_level, SetLogLevelArgs)
         router.register("set-results-policy", self.set_results_policy, ResultsPolicy)
+        if self._ports.reset_baseline is not None:
+            router.register("reset-baseline", self.reset_baseline, NoArgs)
         if self._ports.samples is not None:
             SampleCommands(self._ports.samples).register(router)
 
@@ -186,6 +190,16 @@ class DeviceCommands:
         if not outcome.ok:
             raise CommandError(outcome.message)
         return {"restarted": True, **outcome.to_dict()}
+
+    def reset_baseline(self, _: NoArgs) -> dict[str, Any]:
+        """Forgets the site drift baseline (the camera was moved, the machine re-fitted): a new one is learnt."""
+        reset = self._ports.reset_baseline
+        if reset is None:
+            raise CommandError("reset-baseline is not offered here")
+        try:
+            return reset()
+        except AgentError as problem:
+            raise CommandError(str(problem)) from None
 
     def set_log_level(self, args: SetLogLevelArgs) -> dict[str, Any]:
         """Changes a logger's level at run time (not persisted)."""

@@ -321,6 +321,20 @@ class ModelService:
             if self._pipeline is not None:
                 self._pipeline.uplink_changed()
 
+    def reset_baseline(self) -> dict[str, Any]:
+        """Forgets the serving model's site drift baseline; the monitor learns a new one from the next items."""
+        with self._lock:
+            pipeline = self._pipeline
+            if pipeline is None:
+                raise AgentError("no model in service: there is no baseline to reset")
+            model = pipeline.active.model
+            removed = pipeline.monitors.reset_baseline()
+        reply = {"model": model.name, "version": model.version, "removed_stored": removed, "learning": True}
+        self._report(
+            "drift", "info", f"site baseline reset for {model.name} v{model.version}: learning anew", reply
+        )
+        return reply
+
     def stop(self, deadline: float) -> None:
         """Stops the pipeline and closes every model, within `deadline` (a model inside a hung invoke is left)."""
         with self._lock:

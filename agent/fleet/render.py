@@ -13,7 +13,7 @@ from agent.term import error as term_error
 from agent.term import fmt
 
 PROG = "edge-fleet"
-COLUMNS = ("device", "state", "model", "fps", "p95 ms", "drops", "last anomaly", "last seen")
+COLUMNS = ("device", "state", "model", "fps", "p95 ms", "drops", "drift", "last anomaly", "last seen")
 NUMERIC = {"fps", "p95 ms", "drops"}
 STATE_STYLE = {"online": "green", "offline": "red", "unknown": "yellow"}
 
@@ -64,6 +64,7 @@ def row_cells(row: DeviceRow, now: float) -> list[str]:
         fmt(row.fps),
         fmt(row.latency_p95_ms),
         fmt(row.dropped),
+        escape(row.drift or ""),
         escape(anomaly),
         age(last_seen),
     ]

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from agent.fleet.layout import FleetTopics
 from agent.link.wire import Event, InboundMessage, ModelRef, PayloadError, Status, Telemetry, parse
+from agent.term import drift_summary
 
 DeviceState = Literal["online", "offline", "unknown"]
 
@@ -51,6 +52,8 @@ class DeviceRow:
     anomaly: Anomaly | None = None
     active_anomalies: tuple[str, ...] | None = None
     """Kinds of the anomaly episodes going on, from the latest telemetry (None: the device does not say)."""
+    drift: str | None = None
+    """The drift monitor's state from the latest telemetry: `learning 40%`, `calibrating`, `ok`, `DRIFT <statistic>`."""
     last_seen: float | None = None
 
     def seen(self, when: float) -> None:
@@ -81,6 +84,7 @@ class DeviceRow:
                 "message": self.anomaly.message,
             },
             "active_anomalies": None if self.active_anomalies is None else list(self.active_anomalies),
+            "drift": self.drift,
             "last_seen": self.last_seen,
             "last_seen_age_s": None if self.last_seen is None else round(max(0.0, now - self.last_seen), 3),
         }
@@ -166,6 +170,7 @@ class FleetView:
             if isinstance(active, list)
             else None
         )
+        row.drift = drift_summary(_dig(metrics, "drift"))
         return True
 
     def apply_event(self, device: str, event: Event) -> bool:

@@ -339,7 +339,7 @@ def _build(
     reference = compute_reference(contract, task, samples, results)
     if features is not None:
         reference.features = features(contract, task, tuple(labels or ()), samples, results)
-    (work / "reference.json").write_text(reference.model_dump_json(by_alias=True, indent=1), encoding="utf-8")
+    (work / "reference.json").write_text(reference.model_dump_json(by_alias=True), encoding="utf-8")
     base["reference"] = "reference.json"
     manifest = _manifest(base, work)
     backend.close()

@@ -346,6 +346,7 @@ COMMAND_ARGS: dict[str, type[BaseModel]] = {
     "restart-pipeline": NoArgs,
     "set-log-level": SetLogLevelArgs,
     "set-results-policy": SetResultsPolicyArgs,
+    "reset-baseline": NoArgs,
     "sample-list": SampleListArgs,
     "sample-chunk": SampleChunkArgs,
     "sample-confirm": SampleConfirmArgs,

@@ -12,9 +12,10 @@ bundle's calibration samples) as per-item feature vectors (`agent.monitor.featur
    feature, at most a window: shorter blocks cut correlations a real window has and make thresholds too low). Consecutive frames are alike; a bootstrap that drew single items would see windows vary less
    than real ones do and set thresholds too low. A bundle's samples are a population, not a stream: they are drawn
    one by one (`sequential=False`).
-4. Each statistic's simulated window values give it a tail: their own distribution up to its 90th percentile, an
-   exponential tail fitted beyond (peaks over a threshold). The tails turn every window value into a p-value, so
-   statistics of different units compare.
+4. Each statistic's simulated window values give it a tail: a normal one (their RMS), or their own distribution up
+   to its 90th percentile with an exponential tail beyond (peaks over a threshold), whichever better predicts the
+   simulated exceedances of their 99th percentile. The tails turn every window value into a p-value, so statistics
+   of different units compare.
 5. The budget is shared: the overall false-alarm probability per window is `every_n / ert_items` (an expected run
    time of `ert_items` items between false alarms, one check per window). The per-statistic level `q` is set so that
    the simulated windows' smallest p-value falls below it with that probability; where the bootstrap cannot resolve
@@ -34,6 +35,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from statistics import NormalDist
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -43,6 +45,8 @@ from agent.monitor.features import FeatureSpec, Statistic
 PSI_FLOOR = 1e-3
 RESOLVABLE_ALARMS = 50
 HELD_OUT_DRAWS = 1000
+_NORMAL = NormalDist()
+_erfc = np.frompyfunc(math.erfc, 1, 1)
 
 
 class Profile(BaseModel):
@@ -200,13 +204,15 @@ def simulate(
 class _Tail:
     """A statistic's fitted no-drift tail: p-values of window values, and the value at a level.
 
-    The body is the simulated windows' own distribution; beyond their 90th percentile the tail is exponential (peaks
-    over a threshold, the mean excess as its scale), so levels far below what the simulation resolves are
-    extrapolated. Window means of correlated items and PSIs dominated by rare bins both have heavier tails than a
-    normal or a chi-square fit gives them.
+    Two candidates, fitted to the simulated windows: a normal tail (two-sided, their RMS: a window mean of many
+    items), and their own distribution up to its 90th percentile with an exponential tail beyond (peaks over a
+    threshold: a PSI dominated by rare bins, or a mean of strongly correlated items, has a heavier tail). The one
+    that better predicts how many simulated windows exceed their 99th percentile is kept, and extrapolates the levels
+    far below what the simulation resolves.
     """
 
     TAIL = 0.1
+    CHECK = 0.01
 
     def __init__(self, stat: Statistic, values: np.ndarray, resolution: float) -> None:
         self.stat = stat
@@ -215,14 +221,29 @@ class _Tail:
         self.u = float(np.quantile(values, 1 - self.TAIL))
         excess = values[values > self.u] - self.u
         self.beta = max(float(excess.mean()) if excess.size else 0.0, resolution / 10, 1e-12)
+        self.scale = max(float(np.sqrt(np.mean(np.square(values)))), 1e-12)
+        self.normal = False
+        if stat.kind == "mean" and len(values) >= 10 / self.CHECK:
+            at = np.array([float(np.quantile(values, 1 - self.CHECK))])
+            miss_normal = abs(math.log(max(float(self._normal_p(at)[0]), 1e-300) / self.CHECK))
+            miss_tail = abs(math.log(max(float(self._tail_p(at)[0]), 1e-300) / self.CHECK))
+            self.normal = miss_normal < miss_tail
 
-    def p_values(self, values: np.ndarray) -> np.ndarray:
+    def _normal_p(self, values: np.ndarray) -> np.ndarray:
+        return np.asarray(_erfc(values / (self.scale * math.sqrt(2.0))), np.float64)
+
+    def _tail_p(self, values: np.ndarray) -> np.ndarray:
         body = 1.0 - np.searchsorted(self.sorted, values, side="right") / len(self.sorted)
         tail = self.TAIL * np.exp(-(values - self.u) / self.beta)
         return np.where(values > self.u, tail, np.maximum(body, self.TAIL))
 
+    def p_values(self, values: np.ndarray) -> np.ndarray:
+        return self._normal_p(values) if self.normal else self._tail_p(values)
+
     def threshold(self, level: float) -> float:
-        if level < self.TAIL:
+        if self.normal:
+            value = self.scale * _NORMAL.inv_cdf(1 - level / 2)
+        elif level < self.TAIL:
             value = self.u + self.beta * math.log(self.TAIL / level)
         else:
             value = float(np.quantile(self.sorted, 1 - level))
@@ -292,7 +313,9 @@ def calibrate(
     level = _shared_level(tails, values, window_level)
     thresholds = {tail.stat.name: tail.threshold(level) for tail in tails}
     note = ""
-    if sequential and block >= every_n:
+    if split < 20 * every_n:
+        note = f"a short baseline ({split // every_n} windows calibrate it): thresholds are approximate"
+    elif sequential and block >= every_n:
         note = (
             "the baseline varies as slowly as a window: windows were drawn whole, thresholds are approximate"
         )

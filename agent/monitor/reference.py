@@ -87,8 +87,8 @@ def feature_table(
         )
     table = FeatureTable(
         fingerprint=spec.fingerprint,
-        inputs=[[float(f"{v:.6g}") for v in row] for row in inputs],
-        outputs=[[float(f"{v:.6g}") for v in row] for row in outputs],
+        inputs=[[float(f"{v:.4g}") for v in row] for row in inputs],
+        outputs=[[float(f"{v:.4g}") for v in row] for row in outputs],
         calibration=calibration,
     )
     return table.model_dump()
