@@ -60,7 +60,15 @@ class Case:
 
 
 CASES = (
-    Case("camera", "digits-det-tflite", ds.camera, 48, 2400, 3000, "fixed camera on scene_1, INT8 digit detector"),
+    Case(
+        "camera",
+        "digits-det-tflite",
+        ds.camera,
+        48,
+        2400,
+        3000,
+        "fixed camera on scene_1, INT8 digit detector",
+    ),
     Case("sensor", "motion-ae-onnx", ds.sensor, 40, 2000, 4000, "walking IMU loop, INT8 motion autoencoder"),
 )
 INPUT_EVERY = 4
@@ -127,7 +135,9 @@ def run_lengths(
     return runs, items
 
 
-def delay(case: Case, model: Model, calibration: Calibration, shift: str, seed: int) -> tuple[float | None, int]:
+def delay(
+    case: Case, model: Model, calibration: Calibration, shift: str, seed: int
+) -> tuple[float | None, int]:
     """Windows from the first shifted item to the alarm (None: none in 20 windows); false alarms before it."""
     _, function, _ = ds.SHIFTS[shift]
     warmup = 3 * case.every_n
@@ -194,13 +204,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--alarms", type=int, default=40)
-    parser.add_argument("--quick", action="store_true", help="10 false alarms and 2 repetitions (a smoke run)")
+    parser.add_argument(
+        "--quick", action="store_true", help="10 false alarms and 2 repetitions (a smoke run)"
+    )
     args = parser.parse_args()
     alarms, repeats = (10, 2) if args.quick else (args.alarms, 5)
     seed = args.seed
     print(f"seed {seed}; inputs from every {INPUT_EVERY}th item; baseline calibrated on its first 70 %")
     print("\n1. run length to a false alarm on held-out sequential unchanged streams")
-    print(f"{'stream':<8}{'window':>7}{'ERT':>7}{'items':>9}{'alarms':>7}{'mean run':>10}{'+-se':>7}{'ratio':>7}  target")
+    print(
+        f"{'stream':<8}{'window':>7}{'ERT':>7}{'items':>9}{'alarms':>7}{'mean run':>10}{'+-se':>7}{'ratio':>7}  target"
+    )
     calibrations: dict[str, tuple[Case, Model, Calibration]] = {}
     for case in CASES:
         model = Model(load_bundle(ROOT / "models" / case.bundle))
@@ -222,10 +236,14 @@ def main() -> int:
             f"{calibration.held_out_windows} windows over)"
         )
     digits_model = Model(load_bundle(ROOT / "models" / "digits-cls-tflite"))
-    digits_case = Case("digits", "digits-cls-tflite", ds.digits, 48, 2400, 3000, "held-out digits, INT8 classifier")
+    digits_case = Case(
+        "digits", "digits-cls-tflite", ds.digits, 48, 2400, 3000, "held-out digits, INT8 classifier"
+    )
     calibrations["digits"] = (digits_case, digits_model, learn(digits_case, digits_model, seed))
 
-    print("\n2. detection delay, windows from the first shifted item to the alarm (5 unchanged windows = target)")
+    print(
+        "\n2. detection delay, windows from the first shifted item to the alarm (5 unchanged windows = target)"
+    )
     print(f"{'shift':<14}{'stream':<8}{'delays':<18}{'max':>5}  target   size")
     worst_all = 0.0
     for shift, (kind, _, size) in ds.SHIFTS.items():

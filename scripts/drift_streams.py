@@ -178,7 +178,9 @@ def digits(seed: int, part: int = 0, prior_shift_at: int | None = None) -> Itera
             index += 1
 
 
-def write_site_video(path: Path, normal: int, changed: int, shift: str, fps: float = 30.0, seed: int = 0) -> Path:
+def write_site_video(
+    path: Path, normal: int, changed: int, shift: str, fps: float = 30.0, seed: int = 0
+) -> Path:
     """An mp4v video of the fixed camera: `normal` unchanged frames, then `changed` frames with a camera shift."""
     kind, function, _ = SHIFTS[shift]
     if kind != "camera":
@@ -197,12 +199,18 @@ def write_site_video(path: Path, normal: int, changed: int, shift: str, fps: flo
 if __name__ == "__main__":
     import argparse
 
-    parser = argparse.ArgumentParser(description="writes a fixed-camera video that changes part way (the demo's)")
+    parser = argparse.ArgumentParser(
+        description="writes a fixed-camera video that changes part way (the demo's)"
+    )
     parser.add_argument("out", type=Path)
     parser.add_argument("--normal", type=int, default=450, help="unchanged frames first")
     parser.add_argument("--changed", type=int, default=300, help="then frames with the shift")
-    parser.add_argument("--shift", default="covered-lens", choices=[k for k, v in SHIFTS.items() if v[0] == "camera"])
+    parser.add_argument(
+        "--shift", default="covered-lens", choices=[k for k, v in SHIFTS.items() if v[0] == "camera"]
+    )
     parser.add_argument("--fps", type=float, default=30.0)
     options = parser.parse_args()
     write_site_video(options.out, options.normal, options.changed, options.shift, options.fps)
-    print(f"{options.out}: {options.normal} unchanged frames, then {options.changed} with {SHIFTS[options.shift][2]}")
+    print(
+        f"{options.out}: {options.normal} unchanged frames, then {options.changed} with {SHIFTS[options.shift][2]}"
+    )
