@@ -90,4 +90,4 @@ def test_the_sensor_demo_in_the_daemon_is_one_model_episode_and_one_latency_epis
     assert view.apply_telemetry("dev-a", payload)
     [row] = view.rows()
     assert row.active_anomalies == ("model", "latency")
-    assert "ACTIVE model, latency" in row_cells(row, time.time())[6]
+    assert "ACTIVE model, latency" in row_cells(row, time.time())[7]  # after the drift column

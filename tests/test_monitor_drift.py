@@ -183,7 +183,7 @@ def test_the_bundled_references_carry_feature_rows_and_calibrated_thresholds():
         assert set(calibration["thresholds"]) == {s.name for s in spec.statistics}
 
 
-def test_a_monitor_resets_to_learning_and_stored_rows_are_calibrated_again(autoencoder):
+def test_a_monitor_resets_to_learning_stored_rows_are_calibrated_again_and_a_stale_calibration_is_refused(autoencoder):
     monitor = _monitor(autoencoder, every_n=40, baseline_items=800)
     _feed(monitor, autoencoder, drift_streams.sensor(seed=31), 800)
     assert monitor.state == "watching"
@@ -193,7 +193,13 @@ def test_a_monitor_resets_to_learning_and_stored_rows_are_calibrated_again(autoe
     assert monitor.state == "learning" and monitor.calibration is None
     other = _monitor(autoencoder, every_n=40, baseline_items=800, ert_items=80_000)
     other.resume(inputs, outputs)
-    assert other.state == "calibrating" and other.pending() is not None and other.pending() is None
+    job = other.pending()
+    assert other.state == "calibrating" and job is not None and other.pending() is None
+    calibration = calibrate(
+        job.spec, job.inputs, job.outputs, input_step=4, every_n=40, input_every=4, ert_items=80_000
+    )
+    other.reset()  # a reset while the job was out: its result is stale
+    assert not other.install(calibration, job.generation) and other.state == "learning"
 
 
 def test_image_features_see_brightness_blur_and_a_covered_lens():

@@ -158,15 +158,15 @@ class Monitors(LoopObserver):
 
     def _calibrated(self, drift: DriftMonitor, job: BaselineJob, calibration: Calibration) -> None:
         model = self._active.model
-        if self._drift is not drift:
-            return  # the model changed while it calibrated
+        if self._drift is not drift or job.generation != drift.generation:
+            return  # the model changed, or the baseline was reset, while it calibrated
         kept = "kept in memory only"
         try:
             self._baselines.save(model.name, model.version, job, calibration)
             kept = "saved"
         except OSError as problem:
             log.warning("the site baseline of %s could not be saved: %s", model.name, problem)
-        if not drift.install(calibration):
+        if not drift.install(calibration, job.generation):
             return
         self._ports.report(
             "drift",

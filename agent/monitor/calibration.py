@@ -18,9 +18,9 @@ bundle's calibration samples) as per-item feature vectors (`agent.monitor.featur
    of different units compare.
 5. The budget is shared: the overall false-alarm probability per window is `every_n / ert_items` (an expected run
    time of `ert_items` items between false alarms, one check per window). The per-statistic level `q` is set so that
-   the simulated windows' smallest p-value falls below it with that probability; where the bootstrap cannot resolve
-   the level (fewer than 50 simulated alarms), `q` is the level divided by the effective number of independent
-   statistics measured at a level it can resolve. Correlated statistics (brightness and colour) so share it fairly;
+   the simulated windows alarm (any statistic over its threshold at `q`, floors included) with that probability;
+   where the bootstrap cannot resolve the level (fewer than 50 simulated alarms), `q` is the level divided by the
+   effective number of independent statistics measured at a level it can resolve. Correlated statistics (brightness and colour) so share it fairly;
    Bonferroni would overspend on them.
 6. A statistic's threshold is its tail's quantile at `q`, floored at its `resolution` (a feature that never
    varied in the baseline must not alarm on the smallest change).
@@ -202,7 +202,7 @@ def simulate(
 
 
 class _Tail:
-    """A statistic's fitted no-drift tail: p-values of window values, and the value at a level.
+    """A statistic's fitted no-drift tail: the window value it exceeds with a given probability.
 
     Two candidates, fitted to the simulated windows: a normal tail (two-sided, their RMS: a window mean of many
     items), and their own distribution up to its 90th percentile with an exponential tail beyond (peaks over a
@@ -236,9 +236,6 @@ class _Tail:
         body = 1.0 - np.searchsorted(self.sorted, values, side="right") / len(self.sorted)
         tail = self.TAIL * np.exp(-(values - self.u) / self.beta)
         return np.where(values > self.u, tail, np.maximum(body, self.TAIL))
-
-    def p_values(self, values: np.ndarray) -> np.ndarray:
-        return self._normal_p(values) if self.normal else self._tail_p(values)
 
     def threshold(self, level: float) -> float:
         if self.normal:
@@ -346,18 +343,30 @@ def calibrate(
 
 
 def _shared_level(tails: Sequence[_Tail], values: np.ndarray, window_level: float) -> float:
-    if not tails:
+    """The per-statistic level at which the simulated windows alarm (any statistic over its threshold, floors
+    included) with probability `window_level`; below what the simulation resolves, extrapolated through the
+    effective number of independent statistics measured where it does."""
+    if not tails or len(values) == 0:
         return window_level
-    p = np.column_stack([tail.p_values(values[:, i]) for i, tail in enumerate(tails)])
-    smallest = np.sort(p.min(axis=1))
-    count = len(smallest)
-    wanted = max(1, round(window_level * count))
-    if wanted >= RESOLVABLE_ALARMS:
-        return float(max(smallest[wanted - 1], window_level / len(tails)))
-    resolvable = min(count, RESOLVABLE_ALARMS)
-    at = float(smallest[resolvable - 1])
-    measured_level = resolvable / count
-    independent = min(max(measured_level / max(at, 1e-300), 1.0), float(len(tails)))
+
+    def rate(level: float) -> float:
+        limits = np.array([tail.threshold(level) for tail in tails])
+        return float(np.mean(np.any(values > limits, axis=1)))
+
+    def solve(target: float) -> float:
+        low, high = target / (100 * len(tails)), min(0.5, target * 10)
+        if rate(high) <= target:
+            return high
+        for _ in range(40):  # bisection in log space: the rate grows with the level
+            middle = math.sqrt(low * high)
+            low, high = (middle, high) if rate(middle) <= target else (low, middle)
+        return low
+
+    resolvable = RESOLVABLE_ALARMS / len(values)
+    if window_level >= resolvable:
+        return solve(window_level)
+    measured = solve(resolvable)
+    independent = min(max(resolvable / measured, 1.0), float(len(tails)))
     return window_level / independent
 
 

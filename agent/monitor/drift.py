@@ -46,6 +46,8 @@ class BaselineJob:
     every_n: int
     input_every: int
     ert_items: float
+    generation: int = 0
+    """The monitor's baseline generation when the job was taken: a reset in between makes its result stale."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,7 @@ class DriftMonitor:
         self._learn_in = np.full((self.baseline_items // input_every, spec.input_size), np.nan)
         self._learnt = 0
         self._job_taken = False
+        self.generation = 0
         self._failed: str | None = None
         self.site: dict[str, Any] = {
             "compared_windows": 0,
@@ -160,6 +163,7 @@ class DriftMonitor:
         """Forgets the baseline and learns a new one from the next items (the site was moved or re-aimed)."""
         self.state, self.calibration, self.problem = "learning", None, None
         self._learnt, self._job_taken = 0, False
+        self.generation += 1
         self._learn_in[:] = np.nan
         self.drifting, self._episode_windows, self._quiet = False, 0, 0
         self.site = {"compared_windows": 0, "exceeding_windows": 0, "worst": {}, "differs": None}
@@ -178,12 +182,15 @@ class DriftMonitor:
             self.every_n,
             self.input_every,
             self.ert_items,
+            self.generation,
         )
 
-    def install(self, calibration: Calibration) -> bool:
-        """Starts watching with calibrated thresholds; False (and stays as it is) if they do not fit this monitor."""
+    def install(self, calibration: Calibration, generation: int | None = None) -> bool:
+        """Starts watching with calibrated thresholds; False (and stays as it is) if they do not fit this monitor, or
+        come from a job taken before a reset (`generation`)."""
         if (
-            calibration.fingerprint != self.spec.fingerprint
+            (generation is not None and generation != self.generation)
+            or calibration.fingerprint != self.spec.fingerprint
             or calibration.every_n != self.every_n
             or calibration.input_every != self.input_every
             or calibration.ert_items != self.ert_items
