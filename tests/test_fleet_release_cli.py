@@ -54,6 +54,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert f"sha256   {index.archive_sha256}" in result.stdout
     assert f"blocks   {len(index.blocks)} (" in result.stdout
     assert "golden   4 case(s) passed" in result.stdout
+    assert "drift    150 sample feature rows, thresholds for windows of 100 items" in result.stdout
     return out
 
 

@@ -55,7 +55,7 @@ def _monitor(model: Model, **kw: object) -> DriftMonitor:
         "every_n": 48,
         "input_every": 4,
         "ert_items": 50_000,
-        "baseline_items": 1200,
+        "baseline_items": 2400,
     }
     options.update(kw)
     return DriftMonitor(spec, **options)  # type: ignore[arg-type]
@@ -88,7 +88,7 @@ def test_an_unchanged_camera_raises_no_drift_and_a_darker_scene_raises_one_episo
 ):
     monitor = _monitor(detector)
     frames = drift_streams.camera(seed=3)
-    quiet = _feed(monitor, detector, frames, 1200 + 48 * 20)
+    quiet = _feed(monitor, detector, frames, 2400 + 48 * 20)
     assert monitor.state == "watching"
     assert [e for e in quiet if e.phase == "start" and e.evidence.get("against") == "baseline"] == []
 
@@ -115,7 +115,7 @@ def test_an_unchanged_camera_raises_no_drift_and_a_darker_scene_raises_one_episo
 @pytest.mark.parametrize("shift", ["blur", "covered-lens", "noise"])
 def test_a_camera_shift_is_detected_within_five_windows(detector, shift):
     monitor = _monitor(detector)
-    _feed(monitor, detector, drift_streams.camera(seed=7), 1200)
+    _feed(monitor, detector, drift_streams.camera(seed=7), 2400)
     assert monitor.state == "watching"
     events = _feed(
         monitor, detector, drift_streams.camera(seed=8, shift=drift_streams.SHIFTS[shift][1]), 48 * 5
@@ -161,7 +161,7 @@ def test_the_site_differs_from_the_training_data_is_said_once_as_information(det
     bundle = bundle_calibration(reference.features, spec, every_n=48, input_every=4, ert_items=50_000)
     assert bundle is not None and bundle.fingerprint == spec.fingerprint
     monitor = _monitor(detector, bundle=bundle)
-    events = _feed(monitor, detector, drift_streams.camera(seed=1), 1200 + 48 * 10)
+    events = _feed(monitor, detector, drift_streams.camera(seed=1), 2400 + 48 * 10)
     told = [e for e in events if e.evidence.get("against") == "bundle"]
     # one fixed scene is a narrow slice of the 96x96 training population: said once, as information, never an alarm
     assert len(told) == 1 and told[0].severity == "info"

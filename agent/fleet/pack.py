@@ -16,6 +16,7 @@ from agent.fleet.release import capabilities_of
 from agent.fleet.repository import ProgressFn
 from agent.inference import Model
 from agent.inference.golden import GoldenReport, run_golden
+from agent.inference.reference import DriftReference
 from agent.release.archive import pack
 from agent.release.chunking import block_index
 
@@ -36,6 +37,8 @@ class Packed:
     sha256: str
     blocks: int
     chunking: str
+    drift: str
+    """What the bundle's drift reference gives a device: feature rows and the window/ERT of their thresholds."""
 
 
 def pack_bundle(model_dir: Path, out: Path, progress: ProgressFn | None = None) -> Packed:
@@ -75,6 +78,30 @@ def pack_bundle(model_dir: Path, out: Path, progress: ProgressFn | None = None) 
         index.archive_sha256,
         len(index.blocks),
         index.chunking,
+        _drift_note(model_dir, manifest.reference),
+    )
+
+
+def _drift_note(model_dir: Path, reference: str | None) -> str:
+    if not reference:
+        return "no drift reference: devices watch only their site baseline"
+    try:
+        raw = DriftReference.model_validate_json((model_dir / reference).read_bytes())
+    except (OSError, ValueError) as problem:
+        raise ReleaseRefused(f"{reference} cannot be read: {problem}") from None
+    features = raw.features or {}
+    rows = len(features.get("outputs") or ())
+    if not rows:
+        return (
+            "no per-sample feature rows (made before calibrated drift): devices watch only their site baseline; "
+            "`edge-agent model init` or scripts/refresh_references.py adds them"
+        )
+    calibration = features.get("calibration") or {}
+    return (
+        f"{rows} sample feature rows, thresholds for windows of {calibration.get('every_n', '?')} items and one "
+        f"false alarm per {calibration.get('ert_items', '?'):g} items"
+        if isinstance(calibration.get("ert_items"), int | float)
+        else f"{rows} sample feature rows (devices calibrate them)"
     )
 
 

@@ -83,6 +83,7 @@ def run_bundle_pack(args: argparse.Namespace) -> int:
         f"size     {packed.size} bytes\n"
         f"sha256   {packed.sha256}\n"
         f"blocks   {packed.blocks} ({packed.chunking})\n"
+        f"drift    {packed.drift}\n"
     )
     return EXIT_OK
 

@@ -13,7 +13,7 @@ bundle's calibration samples) as per-item feature vectors (`agent.monitor.featur
    than real ones do and set thresholds too low. A bundle's samples are a population, not a stream: they are drawn
    one by one (`sequential=False`).
 4. Each statistic's simulated window values give it a tail: a normal one (their RMS), or their own distribution up
-   to its 90th percentile with an exponential tail beyond (peaks over a threshold), whichever better predicts the
+   to its 97.5th percentile with an exponential tail beyond (peaks over a threshold), whichever better predicts the
    simulated exceedances of their 99th percentile. The tails turn every window value into a p-value, so statistics
    of different units compare.
 5. The budget is shared: the overall false-alarm probability per window is `every_n / ert_items` (an expected run
@@ -205,13 +205,13 @@ class _Tail:
     """A statistic's fitted no-drift tail: the window value it exceeds with a given probability.
 
     Two candidates, fitted to the simulated windows: a normal tail (two-sided, their RMS: a window mean of many
-    items), and their own distribution up to its 90th percentile with an exponential tail beyond (peaks over a
+    items), and their own distribution up to its 97.5th percentile with an exponential tail beyond (peaks over a
     threshold: a PSI dominated by rare bins, or a mean of strongly correlated items, has a heavier tail). The one
     that better predicts how many simulated windows exceed their 99th percentile is kept, and extrapolates the levels
     far below what the simulation resolves.
     """
 
-    TAIL = 0.1
+    TAIL = 0.025
     CHECK = 0.01
 
     def __init__(self, stat: Statistic, values: np.ndarray, resolution: float) -> None:
