@@ -17,6 +17,7 @@ import pytest
 from conftest import MODELS, ROOT
 
 from agent.config import parse_config
+from agent.daemon.baseline import run_job
 from agent.errors import ConfigError
 from agent.events import AgentEvent
 from agent.inference import Model, load_bundle
@@ -69,17 +70,7 @@ def _feed(monitor: DriftMonitor, model: Model, items: Iterator[np.ndarray], coun
             events.append(event)
         job = monitor.pending()
         if job is not None:  # the daemon runs this on a thread; here in line
-            monitor.install(
-                calibrate(
-                    job.spec,
-                    job.inputs,
-                    job.outputs,
-                    input_step=job.input_step,
-                    every_n=job.every_n,
-                    input_every=job.input_every,
-                    ert_items=job.ert_items,
-                )
-            )
+            monitor.install(run_job(job), job.generation)
     return events
 
 
@@ -183,7 +174,9 @@ def test_the_bundled_references_carry_feature_rows_and_calibrated_thresholds():
         assert set(calibration["thresholds"]) == {s.name for s in spec.statistics}
 
 
-def test_a_monitor_resets_to_learning_stored_rows_are_calibrated_again_and_a_stale_calibration_is_refused(autoencoder):
+def test_a_monitor_resets_to_learning_stored_rows_are_calibrated_again_and_a_stale_calibration_is_refused(
+    autoencoder,
+):
     monitor = _monitor(autoencoder, every_n=40, baseline_items=800)
     _feed(monitor, autoencoder, drift_streams.sensor(seed=31), 800)
     assert monitor.state == "watching"

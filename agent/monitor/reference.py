@@ -73,18 +73,9 @@ def feature_table(
         rows_out.append(spec.output_features(result))
     inputs = np.array(rows_in).reshape(len(rows_in), spec.input_size)
     outputs = np.array(rows_out).reshape(len(rows_out), spec.output_size)
-    calibration = None
-    if len(outputs) >= 4:
-        calibration = calibrate(
-            spec,
-            inputs,
-            outputs,
-            input_step=1,
-            every_n=every_n,
-            input_every=input_every,
-            ert_items=ert_items,
-            sequential=False,
-        )
+    calibration = (
+        _population(spec, inputs, outputs, every_n, input_every, ert_items) if len(outputs) >= 4 else None
+    )
     table = FeatureTable(
         fingerprint=spec.fingerprint,
         inputs=[[float(f"{v:.4g}") for v in row] for row in inputs],
@@ -116,6 +107,18 @@ def bundle_calibration(
         return stored
     inputs = np.array(table.inputs, np.float64).reshape(len(table.inputs), spec.input_size)
     outputs = np.array(table.outputs, np.float64).reshape(len(table.outputs), spec.output_size)
+    return _population(spec, inputs, outputs, every_n, input_every, ert_items)
+
+
+def _population(
+    spec: FeatureSpec,
+    inputs: np.ndarray,
+    outputs: np.ndarray,
+    every_n: int,
+    input_every: int,
+    ert_items: float,
+) -> Calibration:
+    """Thresholds from a bundle's samples: exchangeable (shuffled, drawn one by one), an input for every sample."""
     return calibrate(
         spec,
         inputs,
