@@ -171,7 +171,8 @@ class Monitors(LoopObserver):
         self._ports.report(
             "drift",
             "info",
-            f"site baseline learnt from {calibration.items} items ({kept}); drift alarms from now on, "
+            f"site baseline learnt from {len(job.outputs)} items ({calibration.items} calibrate it, the rest held out: "
+            f"{calibration.held_out_alarms} of {calibration.held_out_windows} windows over; {kept}); drift alarms from now on, "
             f"thresholds for one false alarm per {calibration.ert_items:g} items",
             {
                 "baseline_items": calibration.items,
