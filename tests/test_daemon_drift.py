@@ -28,6 +28,11 @@ from agent.link import Telemetry
 sys.path.insert(0, str(ROOT / "scripts"))
 import drift_streams
 
+pytest.register_assert_rewrite("mounts")
+from mounts import Mounts, fill  # noqa: E402
+
+pytest_plugins = ["mounts"]
+
 NORMAL, DARK, FPS = 480, 400, 120
 
 
@@ -157,3 +162,28 @@ def test_the_fleet_view_shows_the_drift_state_of_a_device() -> None:
         row = view.devices["cam-01"]
         assert row.drift == expected
         assert expected in " ".join(row_cells(row, 2.0))
+
+
+def test_a_corrupt_stored_baseline_and_a_full_disk_are_reported_and_the_daemon_learns_and_watches_anyway(
+    folder: DaemonDir, mounts: Mounts
+) -> None:
+    video = _recording(folder.root / "scene.avi")
+    folder.write(_config(video))
+    drift_dir = mounts.tmpfs(folder.state / "drift", 64 * 1024)
+    (drift_dir / "digits-det-v1.npz").write_bytes(b"not an npz archive")  # a torn write from an old version
+    fill(drift_dir)
+    daemon = Daemon(load_config(folder.config, environ={}), folder.config)
+    seen: list[AgentEvent] = []
+    daemon.events.subscribe(lambda event: seen.append(event) if event.type == "drift" else None)
+    thread = _run(daemon)
+    try:
+        wait_for(lambda: daemon.models.pipeline is not None, 30, "a model in service")
+        wait_for(lambda: daemon.status()["metrics"]["drift"]["state"] == "watching", 30, "a calibrated baseline")
+        wait_for(lambda: any(e.phase == "start" and e.severity == "warning" for e in seen), 30, "a drift alarm")
+    finally:
+        daemon.request_stop()
+        thread.join(10)
+    assert not thread.is_alive()
+    learnt = [e for e in seen if e.message.startswith("site baseline learnt")]
+    assert len(learnt) == 1 and "kept in memory only" in learnt[0].message  # the disk is full: said, not fatal
+    assert not (drift_dir / "digits-det-v1.json").exists()
