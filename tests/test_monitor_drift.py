@@ -17,7 +17,7 @@ import pytest
 from conftest import MODELS, ROOT
 
 from agent.config import parse_config
-from agent.daemon.baseline import run_job
+from agent.daemon.baseline import BaselineStore, run_job
 from agent.errors import ConfigError
 from agent.events import AgentEvent
 from agent.inference import Model, load_bundle
@@ -225,3 +225,36 @@ def test_drift_settings_that_cannot_be_calibrated_are_refused_with_a_clear_error
 def test_an_old_config_with_a_psi_threshold_still_loads():
     config = parse_config({"monitor": {"drift": {"psi_threshold": 0.2, "every_n": 300}}})
     assert config.monitor.drift.every_n == 300
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"PK\x03\x04 torn zip", b"not an archive at all"], ids=["empty", "torn-zip", "garbage"]
+)
+def test_a_stored_baseline_file_that_cannot_be_read_is_ignored_not_raised(tmp_path, autoencoder, content):
+    spec = _spec(autoencoder)
+    store = BaselineStore(tmp_path)
+    (tmp_path / "motion-ae-v1.npz").write_bytes(content)
+    assert store.load(spec, "motion-ae", 1, 4) is None
+
+
+def test_a_stored_baseline_of_another_shape_or_input_step_is_ignored(tmp_path, autoencoder):
+    spec = _spec(autoencoder)
+    store = BaselineStore(tmp_path)
+    np.savez(
+        tmp_path / "motion-ae-v1.npz",
+        inputs=np.zeros((10, spec.input_size + 1)),
+        outputs=np.zeros((40, spec.output_size)),
+        fingerprint=np.array(spec.fingerprint),
+        input_step=np.array(4),
+    )
+    assert store.load(spec, "motion-ae", 1, 4) is None  # rows too wide for these features
+    np.savez(
+        tmp_path / "motion-ae-v1.npz",
+        inputs=np.zeros((10, spec.input_size)),
+        outputs=np.zeros((40, spec.output_size)),
+        fingerprint=np.array(spec.fingerprint),
+        input_step=np.array(4),
+    )
+    assert store.load(spec, "motion-ae", 1, 2) is None  # taken every 4th item, asked for every 2nd
+    stored = store.load(spec, "motion-ae", 1, 4)
+    assert stored is not None and stored.outputs.shape == (40, spec.output_size) and stored.calibration is None

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from agent.fsutil import write_atomic
 from agent.monitor.calibration import Calibration, calibrate
 from agent.monitor.drift import BaselineJob
+from agent.monitor.features import FeatureSpec
 
 log = logging.getLogger("agent.monitor")
 
@@ -49,17 +50,29 @@ class BaselineStore:
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
         return self.folder / f"{safe}-v{version}"
 
-    def load(self, name: str, version: int, fingerprint: str) -> Stored | None:
-        """The stored baseline of a model version, or None (none stored, another layout, unreadable)."""
+    def load(self, spec: FeatureSpec, name: str, version: int, input_every: int) -> Stored | None:
+        """The stored baseline of a model version, or None (none stored, another layout or input step, unreadable).
+
+        Whatever the file holds (torn, truncated, foreign, of the wrong shape) it is reported and ignored, never raised:
+        a bad baseline file must not keep a model out of service.
+        """
         stem = self._stem(name, version)
         try:
             with np.load(stem.with_suffix(".npz"), allow_pickle=False) as data:
-                if str(data["fingerprint"]) != fingerprint:
+                if str(data["fingerprint"]) != spec.fingerprint or int(data["input_step"]) != input_every:
                     return None
-                inputs, outputs = data["inputs"], data["outputs"]
+                inputs = np.asarray(data["inputs"], np.float64)
+                outputs = np.asarray(data["outputs"], np.float64)
+            if (
+                inputs.ndim != 2
+                or outputs.ndim != 2
+                or inputs.shape[1] != spec.input_size
+                or outputs.shape[1] != spec.output_size
+            ):
+                raise ValueError(f"rows of shape {inputs.shape} and {outputs.shape} do not fit the features")
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError) as problem:
+        except Exception as problem:  # zipfile.BadZipFile, EOFError, ValueError, KeyError, OSError, ...
             log.warning("the site baseline %s cannot be read (%s): learning a new one", stem.name, problem)
             return None
         calibration: Calibration | None = None
@@ -76,7 +89,13 @@ class BaselineStore:
         stem = self._stem(name, version)
         self.folder.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
-        np.savez(buffer, inputs=job.inputs, outputs=job.outputs, fingerprint=np.array(job.spec.fingerprint))
+        np.savez(
+            buffer,
+            inputs=job.inputs,
+            outputs=job.outputs,
+            fingerprint=np.array(job.spec.fingerprint),
+            input_step=np.array(job.input_step),
+        )
         write_atomic(stem.with_suffix(".npz"), buffer.getvalue(), mode=0o644)
         write_atomic(stem.with_suffix(".json"), calibration.model_dump_json(indent=1).encode(), mode=0o644)
 
@@ -125,7 +144,14 @@ class Calibrator:
     def _run(self) -> None:
         try:
             calibration = run_job(self._job)
-        except (ValueError, FloatingPointError, MemoryError) as problem:
-            self._failed(f"the site baseline could not be calibrated: {problem}")
+        except (
+            Exception
+        ) as problem:  # a calibration that fails must not leave the monitor calibrating for ever
+            log.exception("site baseline calibration failed")
+            self._failed(f"the site baseline could not be calibrated: {type(problem).__name__}: {problem}")
             return
-        self._done(self._job, calibration)
+        try:
+            self._done(self._job, calibration)
+        except Exception:
+            log.exception("installing the site baseline failed")
+            self._failed("the site baseline could not be installed; learning a new one")

@@ -327,11 +327,12 @@ class ModelService:
             pipeline = self._pipeline
             if pipeline is None:
                 raise AgentError("no model in service: there is no baseline to reset")
-            model = pipeline.active.model
-            removed = pipeline.monitors.reset_baseline()
-        reply = {"model": model.name, "version": model.version, "removed_stored": removed, "learning": True}
+            reply = pipeline.monitors.reset_baseline()
         self._report(
-            "drift", "info", f"site baseline reset for {model.name} v{model.version}: learning anew", reply
+            "drift",
+            "info",
+            f"site baseline reset for {reply['model']} v{reply['version']}: learning anew",
+            reply,
         )
         return reply
 

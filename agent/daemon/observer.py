@@ -13,6 +13,7 @@ The model's health counters (`ModelHealth`) start afresh at every switch, betwee
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -70,7 +71,10 @@ class Monitors(LoopObserver):
         )
         self._drift: DriftMonitor | None = None
         self._baselines = BaselineStore(ports.state_dir / "drift")
-        self._reset_baseline = False
+        self._reset_baseline: DriftMonitor | None = None
+        self._baseline_lock = threading.Lock()
+        self._owners: dict[int, tuple[str, int]] = {}
+        """The model (name, version) each drift monitor belongs to, by id: saves go under the monitor's own model."""
         self._active = active
         self.health = ModelHealth(active.model.name, active.model.version, time.time())
         self.latest: Item | None = None
@@ -106,19 +110,30 @@ class Monitors(LoopObserver):
             self._anomaly = AnomalyTracker(self._rules)
             self.operations.follow(active.model.manifest)
             self._drift = drift
+            self._owners = {
+                key: owner for key, owner in self._owners.items() if drift is not None and key == id(drift)
+            }
             if count_swap:
                 self.metrics.record_swap()
 
         return switch
 
     def _drift_monitor(self, active: ActiveModel) -> DriftMonitor | None:
-        """The drift monitor of a model: its bundle's thresholds, and its site baseline if one is stored."""
+        """The drift monitor of a model: its bundle's thresholds, and its site baseline if one is stored.
+
+        A bundle reference that cannot be used turns off only the comparison with the training data; a stored
+        baseline that cannot be used is relearnt. Neither keeps the model out of service.
+        """
         config, model = self._ports.monitor.drift, active.model
         manifest = model.manifest
         try:
             spec = spec_of(manifest.input, manifest.task, model.bundle.labels)
-            bundle: Calibration | None = None
-            if manifest.reference:
+        except (ValueError, AgentError) as problem:
+            log.warning("drift monitoring off for %s: %s", model.name, problem)
+            return None
+        bundle: Calibration | None = None
+        if manifest.reference:
+            try:
                 reference = DriftReference.model_validate_json(
                     model.bundle.file(manifest.reference).read_bytes()
                 )
@@ -129,45 +144,61 @@ class Monitors(LoopObserver):
                     input_every=config.input_every,
                     ert_items=config.ert_items,
                 )
-            drift = DriftMonitor(
-                spec,
-                every_n=config.every_n,
-                input_every=config.input_every,
-                ert_items=config.ert_items,
-                baseline_items=config.baseline_items,
-                clear_windows=config.clear_windows,
-                update_windows=config.update_windows,
-                bundle=bundle,
-            )
-        except (OSError, ValueError, AgentError) as problem:
-            log.warning("drift monitoring off for %s: %s", model.name, problem)
-            return None
-        stored = self._baselines.load(model.name, model.version, spec.fingerprint)
+            except Exception as problem:  # a bundle's malformed features must not stop the site baseline
+                log.warning("%s: no comparison with the training data: %s", model.name, problem)
+        drift = DriftMonitor(
+            spec,
+            every_n=config.every_n,
+            input_every=config.input_every,
+            ert_items=config.ert_items,
+            baseline_items=config.baseline_items,
+            clear_windows=config.clear_windows,
+            update_windows=config.update_windows,
+            bundle=bundle,
+        )
+        stored = self._baselines.load(spec, model.name, model.version, config.input_every)
         if stored is not None and not (stored.calibration is not None and drift.install(stored.calibration)):
-            drift.resume(
-                stored.inputs, stored.outputs
-            )  # the rows fit, the thresholds do not: calibrate again
+            try:
+                drift.resume(
+                    stored.inputs, stored.outputs
+                )  # the rows fit, the thresholds do not: calibrate again
+            except Exception as problem:
+                log.warning(
+                    "the stored baseline of %s cannot be reused (%s): learning a new one", model.name, problem
+                )
+                drift.reset()
+        self._owners[id(drift)] = (model.name, model.version)
         return drift
 
-    def reset_baseline(self) -> bool:
-        """Forgets the serving model's site baseline (files now, the monitor at its next item); True if one was kept."""
-        model = self._active.model
-        removed = self._baselines.remove(model.name, model.version)
-        self._reset_baseline = True
-        return removed
+    def reset_baseline(self) -> dict[str, Any]:
+        """Forgets the serving model's site baseline: a calibration under way is made stale at once, the files
+        removed, the monitor relearns from its next item. Raises AgentError without a drift monitor."""
+        drift = self._drift
+        if drift is None:
+            raise AgentError("drift monitoring is off for this model: there is no baseline to reset")
+        name, version = self._owners.get(id(drift), (self._active.model.name, self._active.model.version))
+        with self._baseline_lock:
+            drift.generation += 1  # an in-flight calibration's result is now stale
+            self._reset_baseline = drift
+        try:
+            removed = self._baselines.remove(name, version)
+        except OSError as problem:
+            raise AgentError(f"the stored baseline cannot be removed: {problem}") from None
+        return {"model": name, "version": version, "removed_stored": removed, "learning": True}
 
     def _calibrated(self, drift: DriftMonitor, job: BaselineJob, calibration: Calibration) -> None:
-        model = self._active.model
-        if self._drift is not drift or job.generation != drift.generation:
-            return  # the model changed, or the baseline was reset, while it calibrated
-        kept = "kept in memory only"
-        try:
-            self._baselines.save(model.name, model.version, job, calibration)
-            kept = "saved"
-        except OSError as problem:
-            log.warning("the site baseline of %s could not be saved: %s", model.name, problem)
-        if not drift.install(calibration, job.generation):
-            return
+        owner = self._owners.get(id(drift))
+        with self._baseline_lock:
+            if owner is None or self._drift is not drift or job.generation != drift.generation:
+                return  # the model changed, or the baseline was reset, while it calibrated
+            kept = "kept in memory only"
+            try:
+                self._baselines.save(owner[0], owner[1], job, calibration)
+                kept = "saved"
+            except OSError as problem:
+                log.warning("the site baseline of %s could not be saved: %s", owner[0], problem)
+            if not drift.install(calibration, job.generation):
+                return
         self._ports.report(
             "drift",
             "info",
@@ -202,8 +233,8 @@ class Monitors(LoopObserver):
             self._post(event, item if event.wants_snapshot and item.kind == "frame" else None)
         drift = self._drift
         if drift is not None:
-            if self._reset_baseline:
-                self._reset_baseline = False
+            if self._reset_baseline is drift:
+                self._reset_baseline = None
                 drift.reset()
             drift_event = drift.observe(self._active.adapt(item), record.result)
             if drift_event is not None:

@@ -111,14 +111,19 @@ class FeatureSpec:
                 if top is None:
                     out[len(labels)] = 1.0
                 else:
+                    score = (
+                        top.score if math.isfinite(top.score) else 0.0
+                    )  # a NaN score reads as no confidence
                     out[_label_index(labels, top.label)] = 1.0
-                    out[len(labels) + 2] = top.score
-                    out[len(labels) + 3] = 1.0 if top.score < LOW_CONFIDENCE else 0.0
+                    out[len(labels) + 2] = score
+                    out[len(labels) + 3] = 1.0 if score < LOW_CONFIDENCE else 0.0
             case DetectionResult() if self.task == "detection":
                 for detection in result.detections:
                     out[_label_index(labels, detection.label, with_none=False)] += 1.0
                 out[len(labels) + 1] = len(result.detections)
-                out[len(labels) + 2] = max((d.score for d in result.detections), default=0.0)
+                out[len(labels) + 2] = max(
+                    (d.score for d in result.detections if math.isfinite(d.score)), default=0.0
+                )
             case AnomalyResult() if self.task == "anomaly":
                 out[0] = result.score if math.isfinite(result.score) else 0.0
                 out[1] = 1.0 if result.anomaly else 0.0
