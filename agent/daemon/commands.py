@@ -80,9 +80,9 @@ class CommandPorts:
     """The source's state and last error (None while no pipeline runs)."""
     set_results_policy: Callable[[ResultsPolicy], None]
     samples: SampleStore | None = None
+    """The hard examples (sample-list, sample-chunk, sample-confirm); None: those commands are not offered."""
     reset_baseline: Callable[[], dict[str, Any]] | None = None
     """Forgets the site drift baseline (reset-baseline); raises AgentError without a model."""
-    """The hard examples (sample-list, sample-chunk, sample-confirm); None: those commands are not offered."""
 
 
 class DeviceCommands:
