@@ -315,6 +315,7 @@ class Link:
             time=time.time(),
             agent_version=self.agent_version,
             model=model,
+            group=self.topics.group,
             sources=sources,
             boot_time=self._boot_time,
             reason=reason,

@@ -35,6 +35,10 @@ def _absent(value: object) -> bool:
     return value is None
 
 
+def _absent_dict(value: object) -> bool:
+    return not value
+
+
 class Payload(BaseModel):
     """Base of every JSON payload: a `schema` version, unknown keys refused, `to_bytes` for the wire."""
 
@@ -100,11 +104,31 @@ class UpdateBrief(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     state: str = Field(
-        max_length=32, description="offered | refused | downloading | verifying | installed | failed"
+        max_length=32,
+        description="offered | refused | downloading | verifying | installed | failed | self-testing | shadow | "
+        "activating | trial | committed | rejected | rolled-back",
     )
     name: str = Field(description="Model name of the release.")
     version: int = Field(ge=0, description="Model version of the release.")
-    reason: str | None = Field(None, max_length=500, description="refused/failed: why, in one line.")
+    reason: str | None = Field(
+        None, max_length=500, description="refused/failed/rejected/rolled-back: why, in one line."
+    )
+    verdict: Literal["pass", "fail", "inconclusive"] | None = Field(
+        None,
+        exclude_if=_absent,
+        description="The last gate, shadow or trial verdict on the release (absent before the first).",
+    )
+    previous: ModelRef | None = Field(
+        None,
+        exclude_if=_absent,
+        description="The release the device ran before this one (what a rollback returns to).",
+    )
+    figures: dict[str, float | int | bool | None] = Field(
+        default_factory=dict,
+        exclude_if=_absent_dict,
+        description="The evidence behind the verdict: agreement, shadow_items, trial_items, latency_p95_ms, "
+        "budget_ms, error_rate, low_confidence_share, drift, anomalies, crashes (absent when none).",
+    )
 
 
 class Status(Payload):
@@ -120,6 +144,9 @@ class Status(Payload):
     )
     agent_version: str = Field(description="edge-agent version.")
     model: ModelRef | None = Field(None, description="Active model, if any.")
+    group: str | None = Field(
+        None, exclude_if=_absent, description="The device's group (whose desired state it follows)."
+    )
     sources: dict[str, str] = Field(default_factory=dict, description="State of each source, by name.")
     boot_time: float | None = Field(None, description="When the agent process started (Unix seconds).")
     reason: str | None = Field(None, description="For offline: 'stopped' (clean stop) or 'lost' (last will).")
@@ -335,6 +362,23 @@ class SampleConfirmArgs(Args):
     )
 
 
+class ActivateArgs(Args):
+    """activate: put an installed, verified version of the model in service (through the golden gate and a trial)."""
+
+    version: int = Field(ge=1, description="The installed version to activate.")
+
+
+class RollbackArgs(Args):
+    """rollback: put the previous model back in service and mark the one it replaces rejected."""
+
+    version: int | None = Field(
+        None,
+        ge=1,
+        description="Only if this version is the one in service (a rollout's abort names the version it aborts).",
+    )
+    reason: str | None = Field(None, max_length=200, description="Why, for the event and the record.")
+
+
 SetResultsPolicyArgs = ResultsPolicy
 """set-results-policy: the args are the policy itself."""
 
@@ -350,12 +394,17 @@ COMMAND_ARGS: dict[str, type[BaseModel]] = {
     "sample-list": SampleListArgs,
     "sample-chunk": SampleChunkArgs,
     "sample-confirm": SampleConfirmArgs,
+    "models-list": NoArgs,
+    "activate": ActivateArgs,
+    "rollback": RollbackArgs,
 }
 """The args model of every command the agent knows, by name: the contract in one place."""
 
 
 __all__ = [
     "COMMAND_ARGS",
+    "ActivateArgs",
+    "RollbackArgs",
     "MAX_SAMPLE_CHUNK",
     "MAX_SAMPLE_CONFIRM",
     "MAX_SAMPLE_LIST",
