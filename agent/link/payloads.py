@@ -403,13 +403,12 @@ COMMAND_ARGS: dict[str, type[BaseModel]] = {
 
 __all__ = [
     "COMMAND_ARGS",
-    "ActivateArgs",
-    "RollbackArgs",
     "MAX_SAMPLE_CHUNK",
     "MAX_SAMPLE_CONFIRM",
     "MAX_SAMPLE_LIST",
     "SAMPLE_ID_PATTERN",
     "SCHEMA",
+    "ActivateArgs",
     "Args",
     "CommandReply",
     "CommandRequest",
@@ -420,6 +419,7 @@ __all__ = [
     "NoArgs",
     "Payload",
     "Result",
+    "RollbackArgs",
     "SampleChunkArgs",
     "SampleChunkReply",
     "SampleConfirmArgs",
