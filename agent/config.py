@@ -598,9 +598,21 @@ def source_channels(config: AgentConfig) -> tuple[str, ...] | None:
     return tuple(channels) if channels else None
 
 
+def activated_in_place(state_dir: Path, bundle: Path) -> Path | None:
+    """The release activated in place of a configured bundle: models/{its name}/active, if it names a bundle."""
+    try:
+        name = json.loads((Path(bundle) / "manifest.json").read_text()).get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+        return None
+    active = state_dir / "models" / name / "active"
+    return active.resolve() if (active / "manifest.json").is_file() else None
+
+
 def default_bundle(state_dir: Path) -> Path:
     """The model used when none is configured: the installed active model, else the bundled default."""
     for active in sorted(state_dir.glob("models/*/active")):
         if (active / "manifest.json").exists():
-            return active
+            return active.resolve()
     return REPO_MODELS / DEFAULT_BUNDLE

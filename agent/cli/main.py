@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from agent import __version__
-from agent.cli import daemon_cmd, inference, model_cmd
+from agent.cli import daemon_cmd, inference, model_cmd, models_cmd
 from agent.errors import AgentError
 from agent.term import error
 
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     daemon_cmd.add_parsers(sub)
     inference.add_parsers(sub)
     model_cmd.add_parsers(sub)
+    models_cmd.add_parsers(sub)
     return parser
 
 

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.config import AgentConfig, apply_patch, load_config
+from agent.daemon.activation import ActivationPorts, ActivationService
 from agent.daemon.control import ControlServer
 from agent.daemon.events import EventLog
+from agent.daemon.model_commands import ModelCommands
 from agent.daemon.model_service import ModelService
 from agent.daemon.ports import MainThread, Reporter, StatusBrief
 from agent.daemon.reload import Step, adopt, plan_reload
@@ -42,7 +44,9 @@ if TYPE_CHECKING:
     from agent.daemon.updates import UpdateService
     from agent.daemon.uplink import Uplink
     from agent.link import ResultsPolicy
+    from agent.ota.state import UpdateRecord
     from agent.pipeline import Sink
+    from agent.release.formats import Desired
 
 log = logging.getLogger("agent.daemon")
 
@@ -79,6 +83,12 @@ class Daemon:
             self.state_dir,
             PipelinePorts(self.report, self.state_dir, self._uplink_sinks, self.samples),
         )
+        self.activation = ActivationService(
+            config,
+            self.state_dir,
+            ActivationPorts(self.models, self.report, self._desired, self._delivery),
+        )
+        self.model_commands = ModelCommands(self.activation, self.main)
         self._control: ControlServer | None = None
         self._watchdog: Watchdog | None = None
         self._last_tick = time.monotonic()
@@ -89,6 +99,8 @@ class Daemon:
     def start(self) -> None:
         """Starts the uplink, the model service, the control socket and the watchdog."""
         self._prepare_state_dir()
+        self._guard("activation recovery", self.activation.recover)  # the links right before a model loads
+        self.events.subscribe(self.activation.on_event)
         self._start_uplink()  # before the pipeline (the loop gets its results sink) and the report (the fleet hears it)
         self.models.start()
         self._control = ControlServer(
@@ -97,6 +109,7 @@ class Daemon:
                 "status": lambda _: self.status(),
                 "ping": lambda _: "pong",
                 "reset-baseline": lambda _: self.models.reset_baseline(),
+                **self.model_commands.control_handlers(),
             },
         )
         try:
@@ -121,6 +134,7 @@ class Daemon:
             while not self._stop.wait(TICK_S):
                 now = self._last_tick = time.monotonic()
                 self._guard("model service", functools.partial(self.models.tick, now, self.system_sample))
+                self._guard("activation", functools.partial(self.activation.tick, now))
                 if now >= next_system:
                     self._guard("system probe", self._sample_system)
                     next_system = now + self.config.monitor.system_interval_s
@@ -177,6 +191,7 @@ class Daemon:
         if self._watchdog is not None:
             self._watchdog.stop()
         self.models.stop(time.monotonic() + PIPELINE_STOP_S)
+        self.activation.stop_clean()
         stopper = None
         if self.uplink is not None:  # on a side thread, beside the control socket's own stop
             stopper = threading.Thread(
@@ -234,6 +249,7 @@ class Daemon:
                 set_results_policy=self._set_results_policy,
                 samples=self.samples,
                 reset_baseline=self.models.reset_baseline,
+                models=self.model_commands,
             )
         )
         ports = UplinkPorts(self.events, self.report, self.status_brief, self.telemetry, commands)
@@ -256,6 +272,12 @@ class Daemon:
         if self.uplink is not None:
             self.uplink.stop(max(0.2, timeout_s - 0.3))
             self.uplink = None
+
+    def _desired(self) -> Desired | None:
+        return self.updates.desired() if self.updates is not None else None
+
+    def _delivery(self) -> UpdateRecord | None:
+        return self.updates.record() if self.updates is not None else None
 
     def _serving(self) -> tuple[str, int] | None:
         active = self.models.active
@@ -328,11 +350,12 @@ class Daemon:
     def status_brief(self) -> StatusBrief:
         """The model in service and each source's state, for the retained MQTT status."""
         active, pipeline = self.models.active, self.models.pipeline
+        update = self.activation.view(self._delivery())
         if active is None:
-            return StatusBrief(None, {})
+            return StatusBrief(None, {}, update)
         model = active.model
         return StatusBrief(
-            (model.name, model.version), pipeline.source_states() if pipeline is not None else {}
+            (model.name, model.version), pipeline.source_states() if pipeline is not None else {}, update
         )
 
     def telemetry(self) -> dict[str, Any]:
@@ -351,6 +374,7 @@ class Daemon:
         data["update"] = (
             self.updates.status() if self.updates is not None else {"enabled": self.config.ota.enabled}
         )
+        data["update"]["activation"] = self.activation.status()
         return data
 
 

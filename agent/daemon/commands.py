@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.config import AgentConfig, apply_patch, save_overrides
+from agent.daemon.model_commands import ModelCommands
 from agent.daemon.ports import MainThread, Reporter
 from agent.daemon.reload import LIVE_SECTIONS
 from agent.daemon.sample_commands import SampleCommands
@@ -83,6 +84,8 @@ class CommandPorts:
     """The hard examples (sample-list, sample-chunk, sample-confirm); None: those commands are not offered."""
     reset_baseline: Callable[[], dict[str, Any]] | None = None
     """Forgets the site drift baseline (reset-baseline); raises AgentError without a model."""
+    models: ModelCommands | None = None
+    """models-list, activate, rollback; None: those commands are not offered."""
 
 
 class DeviceCommands:
@@ -103,6 +106,8 @@ class DeviceCommands:
             router.register("reset-baseline", self.reset_baseline, NoArgs)
         if self._ports.samples is not None:
             SampleCommands(self._ports.samples).register(router)
+        if self._ports.models is not None:
+            self._ports.models.register(router)
 
     def get_config(self, _: NoArgs) -> dict[str, Any]:
         """The running config, secrets left out."""

@@ -33,12 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.config import AgentConfig, default_bundle, source_channels, source_kind
+from agent.config import AgentConfig, activated_in_place, default_bundle, source_channels, source_kind
 from agent.daemon.ports import Reporter
 from agent.daemon.serving import Pipeline, PipelinePorts
 from agent.daemon.slot import Outcome, SlotState, evidence_of, self_test
 from agent.errors import AgentError, ModelError
 from agent.inference import Model
+from agent.monitor.health import HealthSnapshot
 from agent.pipeline import ActiveModel, InferenceLoop, bind_model, warm_up
 from agent.pipeline.shadow import ShadowTee
 
@@ -118,6 +119,11 @@ class ModelService:
         pipeline = self._pipeline
         return pipeline.monitors.health.snapshot().to_dict(time.time()) if pipeline is not None else None
 
+    def health_snapshot(self) -> HealthSnapshot | None:
+        """The active model's health counters since its swap (None when nothing serves)."""
+        pipeline = self._pipeline
+        return pipeline.monitors.health.snapshot() if pipeline is not None else None
+
     def shadow_stats(self) -> dict[str, Any] | None:
         """The shadow run's comparison counts (None when no shadow runs)."""
         pipeline = self._pipeline
@@ -127,9 +133,13 @@ class ModelService:
         return {"candidate": evidence_of(shadow.candidate.model), **shadow.stats.to_dict()}
 
     def bundle_path(self, config: AgentConfig | None = None) -> Path:
-        """The configured model bundle (the installed one by default)."""
+        """The model to serve: the configured bundle, or the release activated in its place (models/{name}/active,
+        which the activation keeps naming a model that passed its gate); the installed one by default."""
         config = config or self.config
-        return config.model.bundle if config.model.bundle is not None else default_bundle(self._state_dir)
+        configured = config.model.bundle
+        if configured is None:
+            return default_bundle(self._state_dir)
+        return activated_in_place(self._state_dir, configured) or configured
 
     # ------------------------------------------------------------------ transitions (main thread)
 
@@ -250,6 +260,17 @@ class ModelService:
             model = previous.model
             self._report("model", "warning", f"restored model {model.name} v{model.version}")
             return self._outcome(True, f"restored model {model.name} v{model.version}", evidence_of(model))
+
+    def release_previous(self) -> Outcome:
+        """Closes the model the last swap replaced (memory for a candidate; a rollback then loads it from disk)."""
+        with self._lock:
+            previous, self._previous = self._previous, None
+            if previous is None:
+                return self._outcome(True, "no previous model is loaded")
+            self._close(previous)
+            return self._outcome(
+                True, f"previous model {previous.model.name} v{previous.model.version} released"
+            )
 
     def start_shadow(self, every_n: int = 4, cpu_share: float = 0.25) -> Outcome:
         """Runs the waiting candidate on every `every_n`-th live item beside the active model, within `cpu_share`."""

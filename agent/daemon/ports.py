@@ -56,13 +56,27 @@ class Reporter:
 
 
 @dataclass(frozen=True)
+class UpdateView:
+    """Where the model update stands, for the retained status (`UpdateBrief` on the wire)."""
+
+    state: str
+    name: str
+    version: int
+    reason: str | None = None
+    verdict: str | None = None
+    previous: tuple[str, int] | None = None
+    """What a rollback returns to."""
+    figures: dict[str, float | int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class StatusBrief:
     """What the retained MQTT status says: the model in service, each source's state, the model update."""
 
     model: tuple[str, int] | None
     sources: dict[str, str] = field(default_factory=dict)
-    update: tuple[str, str, int, str | None] | None = None
-    """(state, release name, release version, reason) of the update in progress or last decided."""
+    update: UpdateView | None = None
+    """The update in progress or last decided."""
 
 
 class MainThread:
@@ -116,4 +130,4 @@ class MainThread:
                 future.set_exception(AgentError("the agent is stopping"))
 
 
-__all__ = ["Emit", "MainThread", "Reporter", "StatusBrief"]
+__all__ = ["Emit", "MainThread", "Reporter", "StatusBrief", "UpdateView"]

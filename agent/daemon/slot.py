@@ -6,12 +6,16 @@ Pure data and the golden self-test; the state machine itself is `agent.daemon.mo
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from agent.errors import ModelError
 from agent.inference import Model
-from agent.inference.golden import run_golden
+from agent.inference.golden import GoldenReport, run_golden
+from agent.inference.inputs import synthetic_input
 
 
 class SlotState(str, enum.Enum):
@@ -49,6 +53,21 @@ def evidence_of(model: Model) -> dict[str, Any]:
     }
 
 
+def measure_gate(model: Model, runs: int) -> tuple[GoldenReport, float | None]:
+    """The golden gate's evidence on this device's runtime: the golden report, and the p95 of `runs` timed
+    inferences (pre-process, invoke, decode: what the health counters time) in ms."""
+    report = run_golden(model)
+    data = synthetic_input(model.manifest.input, tuple(model.backend.inputs[0].shape))
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        model.infer(data)
+        times.append(time.perf_counter() - start)
+    if not times:
+        return report, None
+    return report, float(np.percentile(np.asarray(times), 95)) * 1000.0
+
+
 def self_test(model: Model) -> None:
     """Raises ModelError when the bundle's golden cases do not reproduce on this device's runtime."""
     report = run_golden(model)
@@ -63,4 +82,4 @@ def self_test(model: Model) -> None:
     )
 
 
-__all__ = ["Outcome", "SlotState", "evidence_of", "self_test"]
+__all__ = ["Outcome", "SlotState", "evidence_of", "measure_gate", "self_test"]

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from agent.daemon.ports import Reporter
+from agent.ota.state import UpdateRecord
 from agent.ota.updater import CheckOutcome, ModelUpdater
 from agent.release.formats import Desired
 
@@ -134,12 +135,9 @@ class UpdateService:
 
     # ------------------------------------------------------------------ readers (any thread)
 
-    def brief(self) -> tuple[str, str, int, str | None] | None:
-        """(state, name, version, reason) of the update record, for the retained status."""
-        record = self._updater.record  # live: the check in progress updates it
-        if record is None:
-            return None
-        return record.state.value, record.release.name, record.release.version, record.reason
+    def record(self) -> UpdateRecord | None:
+        """The updater's record (live: the check in progress updates it)."""
+        return self._updater.record
 
     def status(self) -> dict[str, Any]:
         """The desired state, the update record and the last check's outcome, JSON-ready."""

@@ -127,10 +127,18 @@ class Uplink:
             self._seen = brief
             model = ModelRef(name=brief.model[0], version=brief.model[1]) if brief.model else None
             update = None
-            if brief.update is not None:
-                state, name, version, reason = brief.update
+            view = brief.update
+            if view is not None:
                 update = UpdateBrief(
-                    state=state, name=name, version=version, reason=(reason or None) and reason[:500]
+                    state=view.state,
+                    name=view.name,
+                    version=view.version,
+                    reason=(view.reason or None) and view.reason[:500],
+                    verdict=view.verdict,  # type: ignore[arg-type]  # the activation's Verdict values
+                    previous=ModelRef(name=view.previous[0], version=view.previous[1])
+                    if view.previous
+                    else None,
+                    figures=dict(view.figures),
                 )
             link.set_status(model=model, sources=brief.sources, update=update)
 

@@ -22,6 +22,57 @@ class OtaRetryConfig(BackoffConfig):
     jitter: Jitter = 0.2
 
 
+class ActivationConfig(BaseModel):
+    """How the device activates an installed release; the threshold keys may only tighten the signed ones (None:
+    the release's own)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        True,
+        title="Activate",
+        description="Activate installed releases (golden gate, shadow, trial); off: they wait on disk.",
+    )
+    shadow: bool = Field(
+        False, title="Always shadow", description="Shadow every release, even one that does not ask."
+    )
+    shadow_items: int | None = Field(None, ge=1, description="Shadow items needed, at least.")
+    min_agreement_permille: int | None = Field(
+        None, ge=0, le=1000, description="Shadow agreement needed, ‰, at least."
+    )
+    trial_s: int | None = Field(None, ge=1, description="Trial window, seconds, at least.")
+    trial_min_items: int | None = Field(None, ge=1, description="Trial items needed for a verdict, at least.")
+    max_error_ppm: int | None = Field(
+        None, ge=0, le=1_000_000, description="Trial error share allowed, ppm, at most."
+    )
+    max_latency_percent: int | None = Field(
+        None, ge=1, description="Latency allowed, % of the budget, at most."
+    )
+    max_low_confidence_increase_permille: int | None = Field(
+        None,
+        ge=0,
+        le=1000,
+        description="Low-confidence share allowed above the previous model's, ‰, at most.",
+    )
+    max_extra_episodes: int | None = Field(
+        None, ge=0, description="Drift/anomaly episodes allowed beyond the previous model's rate, at most."
+    )
+    shadow_share: float = Field(
+        0.2,
+        gt=0,
+        le=1.0,
+        title="Shadow CPU share",
+        description="Share of one core the shadow candidate may use, at most.",
+    )
+    shadow_every_n: int = Field(1, ge=1, le=1000, description="Offer every n-th live item to the shadow.")
+    gate_runs: int = Field(20, ge=3, le=1000, description="Invokes the gate times the candidate over.")
+    memory_max_mb: float | None = Field(
+        None,
+        gt=0,
+        description="The unit's memory limit, MiB; None: read from the agent's cgroup (systemd MemoryMax).",
+    )
+
+
 class OtaConfig(BaseModel):
     """Signed model updates over MQTT: trust, transfer and limits."""
 
@@ -104,6 +155,12 @@ class OtaConfig(BaseModel):
         description="Blocks written between two fsyncs of the partial file and its bitmap.",
     )
 
+    activation: ActivationConfig = Field(
+        default_factory=ActivationConfig,
+        title="Activation",
+        description="Golden gate, shadow and trial of installed releases (`[ota.activation]`).",
+    )
+
     @model_validator(mode="after")
     def _request_fits_the_window(self) -> OtaConfig:
         if self.request_blocks > self.window_blocks:
@@ -119,4 +176,4 @@ class OtaConfig(BaseModel):
         return midnight.timestamp()
 
 
-__all__ = ["DEFAULT_TRUST_ROOT", "OtaConfig"]
+__all__ = ["DEFAULT_TRUST_ROOT", "ActivationConfig", "OtaConfig"]

@@ -115,6 +115,14 @@ def discard_kept(layout: Layout, release: ReleaseId) -> None:
             path.unlink()
 
 
+def remove_bundle(layout: Layout, name: str, version: int) -> None:
+    """Removes an installed bundle (renamed to a trash name first) and its kept archive."""
+    bundle = layout.bundle(name, version)
+    if bundle.exists():
+        _remove(bundle)
+    discard_kept(layout, ReleaseId(name=name, version=version))
+
+
 UNPACK_LEFTOVER = re.compile(r"^\.\d+\.[0-9a-f]{8}\.partial$")
 """`agent.release.archive.unpack`'s work folder for models/{name}/{version}/."""
 TRASH = re.compile(r"^\..+\.[0-9a-f]{8}\.trash$")
@@ -198,6 +206,7 @@ __all__ = [
     "discard_kept",
     "keep_archive",
     "recover",
+    "remove_bundle",
     "unpack_bundle",
     "verify_archive",
 ]

@@ -10,8 +10,9 @@ change into an event. Invariants:
   desired state, the metadata or the agent changes (`held`);
 - an ordinary failure is retried by the next check, from where the download stands.
 
-The activation issue extends the enum (self-testing, shadow, activating, trial, committed, rejected, rolled-back) and
-`ALLOWED` with the steps after `installed`; nothing here assumes `installed` is the last state.
+The activation states (self-testing, shadow, activating, trial, committed, rejected, rolled-back) share the enum, so
+the wire has one vocabulary; their machine is `agent.ota.activation` (its own record, ota/activation.json, written by
+the daemon's main thread while this one is written by the updater thread).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.ota.errors import InvalidTransition
-from agent.release.formats import Name, Sha256
+from agent.release.formats import Activation, Name, Sha256
 
 RECORD_SCHEMA = 1
 
@@ -45,6 +46,22 @@ class UpdateState(str, Enum):
     """A verified bundle under models/{name}/{version}/; the daemon activates it (the activation issue)."""
     FAILED = "failed"
     """A step did not complete; retried by the next check unless the record says otherwise."""
+    SELF_TESTING = "self-testing"
+    """Activation: the golden gate (golden vectors and latency on this device's runtime) runs on the candidate."""
+    SHADOW = "shadow"
+    """Activation: the candidate runs beside the active model on a sampled share of live items."""
+    ACTIVATING = "activating"
+    """Activation: the hot swap and the `active`/`previous` links are being replaced."""
+    TRIAL = "trial"
+    """Activation: the candidate serves; its trial window decides (an inconclusive verdict holds here)."""
+    COMMITTED = "committed"
+    """Activation: the release passed its trial and is the device's model."""
+    REJECTED = "rejected"
+    """Activation: refused before serving (gate, shadow, memory) or aborted; not activated again for this desired
+    state."""
+    ROLLED_BACK = "rolled-back"
+    """Activation: the release served and failed its trial (or crashed twice, or a rollback came); the previous
+    model is back."""
 
 
 IN_PROGRESS = frozenset({UpdateState.OFFERED, UpdateState.DOWNLOADING, UpdateState.VERIFYING})
@@ -96,6 +113,10 @@ class UpdateRecord(BaseModel):
     attempts: int = Field(0, ge=0, description="Downloads started or resumed for this release.")
     bytes_fetched: int = Field(0, ge=0, description="Bytes fetched from the repository for the archive.")
     bytes_reused: int = Field(0, ge=0, description="Archive bytes copied from installed archives instead.")
+    activation: Activation | None = Field(
+        None, description="The release's signed activation thresholds, once its signed target is known."
+    )
+    ram_mb: int | None = Field(None, ge=0, description="The release's signed RAM figure, MiB.")
 
 
 @dataclass(frozen=True)
@@ -212,7 +233,14 @@ class UpdateMachine:
             )
         )
 
-    def start_download(self, digest: str, length: int, metadata_version: int | None) -> Change:
+    def start_download(
+        self,
+        digest: str,
+        length: int,
+        metadata_version: int | None,
+        activation: Activation | None = None,
+        ram_mb: int | None = None,
+    ) -> Change:
         """The signed target is known and the release fits: fetch (or resume fetching) its blocks."""
         record = self._step("start_download")
         if record.state is UpdateState.FAILED and not record.retry:
@@ -225,6 +253,8 @@ class UpdateMachine:
                     "digest": digest,
                     "length": length,
                     "metadata_version": metadata_version,
+                    "activation": activation or record.activation,
+                    "ram_mb": ram_mb if ram_mb is not None else record.ram_mb,
                     "code": None,
                     "reason": None,
                     "attempts": record.attempts + 1,

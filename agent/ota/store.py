@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from agent.fsutil import write_atomic
 from agent.ota.state import UpdateRecord
 
 MAX_RECORD_BYTES = 64 * 1024
+
+R = TypeVar("R", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,12 @@ class RecordDamaged:
 
 
 def load_record(path: Path) -> UpdateRecord | RecordDamaged | None:
-    """The saved record, None when there is none, or what is wrong with it."""
+    """The saved update record, None when there is none, or what is wrong with it."""
+    return load_as(path, UpdateRecord)
+
+
+def load_as(path: Path, kind: type[R]) -> R | RecordDamaged | None:
+    """A saved record of `kind`, None when there is none, or what is wrong with it."""
     try:
         with path.open("rb") as handle:
             data = handle.read(MAX_RECORD_BYTES + 1)
@@ -38,17 +46,17 @@ def load_record(path: Path) -> UpdateRecord | RecordDamaged | None:
     if len(data) > MAX_RECORD_BYTES:
         return RecordDamaged(path, f"{path} is over {MAX_RECORD_BYTES} bytes")
     try:
-        return UpdateRecord.model_validate_json(data)
+        return kind.model_validate_json(data)
     except ValidationError as problem:
         first = problem.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "the file"
-        return RecordDamaged(path, f"{path} is not an update record ({where}: {first['msg']})")
+        return RecordDamaged(path, f"{path} is not a {kind.__name__} ({where}: {first['msg']})")
 
 
-def save_record(path: Path, record: UpdateRecord) -> None:
+def save_record(path: Path, record: BaseModel) -> None:
     """Replaces the saved record atomically (temp file, fsync, rename, fsync of the folder)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, record.model_dump_json(by_alias=True).encode() + b"\n")
 
 
-__all__ = ["MAX_RECORD_BYTES", "RecordDamaged", "load_record", "save_record"]
+__all__ = ["MAX_RECORD_BYTES", "RecordDamaged", "load_as", "load_record", "save_record"]

@@ -197,6 +197,10 @@ class ModelUpdater:
 
     def _already(self, release: ReleaseId, installed: int) -> CheckStatus:
         machine = self._machine
+        if installed > release.version and self.layout.bundle(release.name, release.version).is_dir():
+            return (
+                CheckStatus.UP_TO_DATE
+            )  # installed here before: the activation decides (the previous model)
         if installed == release.version:
             bundle = self.layout.bundle(release.name, release.version)
             if machine.is_for(release) and machine.state is UpdateState.VERIFYING and bundle.is_dir():
@@ -259,7 +263,9 @@ class ModelUpdater:
             if record is not None and record.digest not in (None, digest):
                 discard_download(self.layout, record.digest)
             self._apply(
-                machine.start_download(digest, info.length, metadata_version),
+                machine.start_download(
+                    digest, info.length, metadata_version, custom.activation, custom.capabilities.ram_mb
+                ),
                 bytes_total=info.length,
                 blocks=len(index.blocks),
             )

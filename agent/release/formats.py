@@ -89,6 +89,17 @@ class Activation(_Strict):
     max_latency_percent: int = Field(
         150, ge=1, description="p95 latency allowed, in % of the latency budget."
     )
+    max_low_confidence_increase_permille: int = Field(
+        100,
+        ge=0,
+        le=1000,
+        description="Trial: share of low-confidence results allowed above the previous model's, ‰ (points).",
+    )
+    max_extra_episodes: int = Field(
+        1,
+        ge=0,
+        description="Trial: drift and anomaly episodes allowed beyond what the previous model's rate predicts.",
+    )
 
 
 class ReleaseCustom(Versioned):
