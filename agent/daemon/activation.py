@@ -306,7 +306,9 @@ class ActivationService:
             return loaded.model
         if loaded is not None:
             models.discard_candidate()
-        outcome = models.load_candidate(Path(record.bundle))
+        outcome = models.load_candidate(
+            Path(record.bundle), self_test=record.state is not UpdateState.SELF_TESTING
+        )
         loaded = models.candidate
         if not outcome.ok or loaded is None or not _same(loaded.model, record.release):
             code = "golden" if "golden" in outcome.message else "load"

@@ -195,11 +195,12 @@ class ModelService:
                 return self._outcome(False, f"no model in service: {problem}")
             return self._serve_first(candidate)
 
-    def load_candidate(self, bundle: Path) -> Outcome:
-        """Loads, checks and warms up a model off the hot path, bound to the source; served at once if none serves."""
+    def load_candidate(self, bundle: Path, self_test: bool = True) -> Outcome:
+        """Loads, checks and warms up a model off the hot path, bound to the source; served at once if none serves.
+        `self_test` False leaves the golden self-test to the caller (the activation's gate runs it with figures)."""
         with self._lock:
             try:
-                candidate = self._load_bound(bundle, self.config)
+                candidate = self._load_bound(bundle, self.config, self_test)
             except (ModelError, OSError) as problem:
                 return self._outcome(False, f"candidate refused: {problem}", {"bundle": str(bundle)})
             if self._pipeline is None:
@@ -374,7 +375,7 @@ class ModelService:
     def _outcome(self, ok: bool, message: str, evidence: dict[str, Any] | None = None) -> Outcome:
         return Outcome(ok, self._state, message, evidence or {})
 
-    def _load_bound(self, bundle: Path, config: AgentConfig) -> ActiveModel:
+    def _load_bound(self, bundle: Path, config: AgentConfig, self_test_too: bool = True) -> ActiveModel:
         """A model loaded from `bundle`, checked, warmed up and bound to the config's source."""
         before, self._state = self._state, SlotState.LOADING
         self._loading_since = time.monotonic()
@@ -382,7 +383,7 @@ class ModelService:
             model = Model.load(bundle, config.model.runtime, verify=config.model.verify)
             try:
                 warm_up(model, config.model.warmup_runs)
-                if config.model.self_test:
+                if config.model.self_test and self_test_too:
                     self_test(model)
                 return bind_model(model, source_kind(config), source_channels(config))
             except ModelError:

@@ -13,6 +13,7 @@ as absent; installed versions other than the active and previous ones are remove
 from __future__ import annotations
 
 import contextlib
+import json
 import uuid
 from pathlib import Path
 
@@ -86,11 +87,14 @@ def clean_temps(layout: Layout) -> None:
 
 
 def version_of(bundle: Path | None) -> int | None:
-    """The version a bundle folder is named by (None: not an installed version folder)."""
+    """The version of the bundle a link names (its manifest's; None when unreadable)."""
     if bundle is None:
         return None
-    name = Path(bundle).resolve().name
-    return int(name) if name.isdigit() else None
+    try:
+        version = json.loads((Path(bundle) / "manifest.json").read_text()).get("version")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return version if isinstance(version, int) and not isinstance(version, bool) else None
 
 
 def prune(layout: Layout, name: str) -> list[int]:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from agent import __version__
 from agent.events import AgentEvent
+from agent.ota import links
 from agent.ota.checks import DeviceFacts, Limits, check_release
 from agent.ota.config import OtaConfig
 from agent.ota.errors import Interrupted, UpdateFailed, UpdateRefused
@@ -155,6 +156,8 @@ class ModelUpdater:
         if serving is not None and serving[0] == release.name:
             versions.append(serving[1])
         installed = max(versions) if versions else None
+        if serving == (release.name, release.version):
+            return CheckStatus.UP_TO_DATE
         if installed is not None and installed >= release.version:
             return self._already(release, installed)
         gone = self._machine.is_for(release) and self._machine.state is UpdateState.INSTALLED
@@ -197,10 +200,8 @@ class ModelUpdater:
 
     def _already(self, release: ReleaseId, installed: int) -> CheckStatus:
         machine = self._machine
-        if installed > release.version and self.layout.bundle(release.name, release.version).is_dir():
-            return (
-                CheckStatus.UP_TO_DATE
-            )  # installed here before: the activation decides (the previous model)
+        if installed > release.version and self._held_here(release):
+            return CheckStatus.UP_TO_DATE  # held here before: the activation decides (the previous model)
         if installed == release.version:
             bundle = self.layout.bundle(release.name, release.version)
             if machine.is_for(release) and machine.state is UpdateState.VERIFYING and bundle.is_dir():
@@ -227,6 +228,13 @@ class ModelUpdater:
             )
         )
         return CheckStatus.REFUSED
+
+    def _held_here(self, release: ReleaseId) -> bool:
+        """An older release this device holds: installed, or the model its `previous` link names."""
+        if self.layout.bundle(release.name, release.version).is_dir():
+            return True
+        previous = links.read_link(self.layout, release.name, links.PREVIOUS)
+        return links.version_of(previous) == release.version
 
     def _install(
         self,
