@@ -23,6 +23,9 @@ EARLY_ITEMS = 20
 """Trial items after which a latency or error rate far over its limit fails at once, before the window ends."""
 EARLY_FACTOR = 2.0
 """How far over the limit counts as far (a model that breaks its budget typically breaks it by far more)."""
+SLACK = 1e-9
+"""Rounding room for the comparisons of differences and products of floats with a limit: 0.4 - 0.3 is
+0.10000000000000003 and 115 / 3600 * 3600 is 114.99999999999999, so without it a value exactly at its limit fails."""
 
 
 @dataclass(frozen=True)
@@ -240,7 +243,7 @@ def trial(now: TrialFigures, thresholds: Activation) -> Judgement:
         return Judgement(slow.verdict, slow.code, slow.reason, figures)
     low, before = now.low_confidence_share, now.previous_low_confidence_share
     allowed = thresholds.max_low_confidence_increase_permille / 1000.0
-    if low is not None and before is not None and low - before > allowed:
+    if low is not None and before is not None and low - before > allowed + SLACK:
         return Judgement(
             "fail",
             "low-confidence",
@@ -249,7 +252,7 @@ def trial(now: TrialFigures, thresholds: Activation) -> Judgement:
             figures,
         )
     expected = (now.previous_episode_rate_per_s or 0.0) * now.elapsed_s
-    if now.episodes > expected + thresholds.max_extra_episodes:
+    if now.episodes > expected + thresholds.max_extra_episodes + SLACK:
         kind = "drift" if now.drift >= now.anomalies else "anomalies"
         return Judgement(
             "fail",
@@ -318,6 +321,7 @@ def memory_plan(limit_mb: float | None, used_mb: float | None, candidate_mb: flo
 __all__ = [
     "EARLY_FACTOR",
     "EARLY_ITEMS",
+    "SLACK",
     "Judgement",
     "MemoryPlan",
     "TrialFigures",
