@@ -440,26 +440,26 @@ CHANGED: dict[str, tuple[UpdateState, Callable[[ActivationMachine], bool], bool]
     "first-hold-new-verdict": (S.TRIAL, lambda m: m.hold("too few items", {}).changed, True),
     "hold-again-same-reason": (S.TRIAL, _hold_twice, False),
     "hold-again-new-reason": (S.TRIAL, _hold_new_reason, True),
-    "restart-in-trial-one-crash": (S.TRIAL, lambda m: m.restarted(BOOT, clean_stop=False).changed, False),
+    "restart-in-trial-one-crash": (S.TRIAL, lambda m: m.restarted(BOOT, clean_stop=False).changed, True),
+    "restart-in-trial-clean": (S.TRIAL, lambda m: m.restarted(BOOT, clean_stop=True).changed, False),
     "restart-in-shadow-back-to-gate": (S.SHADOW, lambda m: m.restarted(BOOT, clean_stop=True).changed, True),
     "restart-when-finished": (S.COMMITTED, lambda m: m.restarted(BOOT, clean_stop=False).changed, False),
 }
 
 
 @pytest.mark.parametrize("case", list(CHANGED))
-def test_a_step_is_worth_an_event_only_for_a_new_state_release_verdict_or_reason(case: str) -> None:
+def test_a_step_is_worth_an_event_only_for_a_new_state_release_verdict_reason_or_crash(case: str) -> None:
     state, act, expected = CHANGED[case]
     assert act(drive_to(state)) is expected
 
 
-def test_a_step_with_only_new_figures_or_crashes_is_not_worth_an_event() -> None:
+def test_a_step_with_only_new_figures_is_not_worth_an_event() -> None:
     record = drive_to(S.TRIAL).record
     assert record is not None
-    after = record.model_copy(
-        update={"figures": {"x": 1}, "crashes": 1, "boot_id": "other", "changed_at": 5.0}
-    )
+    after = record.model_copy(update={"figures": {"x": 1}, "boot_id": "other", "changed_at": 5.0})
     assert not Step(record, after).changed
-    for key, value in {"state": S.COMMITTED, "release": V3, "verdict": "pass", "reason": "why"}.items():
+    changes = {"state": S.COMMITTED, "release": V3, "verdict": "pass", "reason": "why", "crashes": 1}
+    for key, value in changes.items():
         assert Step(record, record.model_copy(update={key: value})).changed, key
 
 

@@ -433,10 +433,16 @@ TRIAL_CASES: dict[str, tuple[TrialFigures, Activation, str | None, str | None]] 
         "low-confidence",
     ),
     "too-few-items-judged-before-errors": (
-        replace(GOOD, items=97, errors=3),
+        replace(GOOD, items=90, errors=3),
         SIGNED,
         "inconclusive",
         "too-few-items",
+    ),
+    "failed-items-count-toward-the-minimum": (
+        replace(GOOD, items=97, errors=3),
+        SIGNED,
+        "fail",
+        "errors",
     ),
 }
 

@@ -118,11 +118,11 @@ class Step:
 
     @property
     def changed(self) -> bool:
-        """Whether the step is worth an event: a new state, release, verdict or reason."""
+        """Whether the step is worth an event: a new state, release, verdict, reason or crash count."""
         before = self.before
         return before is None or any(
             getattr(before, key) != getattr(self.after, key)
-            for key in ("state", "release", "verdict", "reason")
+            for key in ("state", "release", "verdict", "reason", "crashes")
         )
 
 
@@ -209,7 +209,7 @@ class ActivationMachine:
     def shadow_progress(self, figures: Figures) -> Step:
         """The shadow comparison's figures so far (not a new state; persisted, not reported)."""
         record = self._step("shadow_progress")
-        return self._set(record.model_copy(update={"figures": dict(figures)}))
+        return self._set(record.model_copy(update={"figures": {**record.figures, **figures}}))
 
     def shadow_passed(self, figures: Figures) -> Step:
         """The shadow comparison met the thresholds: activate."""

@@ -224,7 +224,7 @@ def trial(now: TrialFigures, thresholds: Activation) -> Judgement:
         return Judgement(
             None, None, f"trial: {now.items} items in {now.elapsed_s:.0f} of {thresholds.trial_s} s", figures
         )
-    if now.items < thresholds.trial_min_items:
+    if total < thresholds.trial_min_items:
         return Judgement(
             "inconclusive",
             "too-few-items",
