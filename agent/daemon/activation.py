@@ -27,15 +27,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
+from agent.daemon.activation_report import activation_event, activation_status, update_view
 from agent.daemon.ports import Reporter, UpdateView
 from agent.daemon.slot import measure_gate
 from agent.errors import AgentError
-from agent.events import AgentEvent, Severity
+from agent.events import AgentEvent
 from agent.fsutil import fsync_dir, write_atomic
 from agent.monitor.operational import budget_for
 from agent.ota import links
 from agent.ota.activation import (
-    FINISHED,
     PRE_SERVING,
     SERVING,
     ActivationMachine,
@@ -61,7 +61,6 @@ log = logging.getLogger("agent.daemon.activation")
 PROGRESS_SAVE_S = 15.0
 """The shadow's figures are saved to the record at most this often (an SD card wears)."""
 EPISODE_TYPES = frozenset({"drift", "anomaly"})
-SEVERITY: dict[UpdateState, Severity] = {UpdateState.REJECTED: "warning", UpdateState.ROLLED_BACK: "error"}
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,7 @@ class ActivationPorts:
     delivery: Callable[[], UpdateRecord | None]
 
 
-def _same(model: Model | None, release: ReleaseId | None) -> bool:
+def same_release(model: Model | None, release: ReleaseId | None) -> bool:
     return (
         model is not None
         and release is not None
@@ -203,7 +202,11 @@ class ActivationService:
         name, version = active.model.name, active.model.version
         if desired.model == name and desired.version < version:
             previous = links.version_of(links.read_link(self.layout, name, links.PREVIOUS))
-            if previous == desired.version and record is not None and _same(active.model, record.release):
+            if (
+                previous == desired.version
+                and record is not None
+                and same_release(active.model, record.release)
+            ):
                 self._roll_back(
                     record,
                     "desired",
@@ -302,7 +305,7 @@ class ActivationService:
         """The release loaded beside the active model (loaded now if need be); None when it was rejected."""
         models = self._models
         loaded = models.candidate
-        if loaded is not None and _same(loaded.model, record.release):
+        if loaded is not None and same_release(loaded.model, record.release):
             return loaded.model
         if loaded is not None:
             models.discard_candidate()
@@ -310,7 +313,7 @@ class ActivationService:
             Path(record.bundle), self_test=record.state is not UpdateState.SELF_TESTING
         )
         loaded = models.candidate
-        if not outcome.ok or loaded is None or not _same(loaded.model, record.release):
+        if not outcome.ok or loaded is None or not same_release(loaded.model, record.release):
             code = "golden" if "golden" in outcome.message else "load"
             self._reject(record, code, outcome.message, {})
             return None
@@ -321,7 +324,9 @@ class ActivationService:
         if self._candidate(record) is None:
             return
         stats = models.shadow_stats()
-        if stats is None or not _same(models.candidate.model if models.candidate else None, record.release):
+        if stats is None or not same_release(
+            models.candidate.model if models.candidate else None, record.release
+        ):
             settings = self.config.ota.activation
             outcome = models.start_shadow(settings.shadow_every_n, settings.shadow_share)
             if not outcome.ok:
@@ -383,7 +388,7 @@ class ActivationService:
             self._start_trial_clock()
         snapshot = self._models.health_snapshot()
         active = self._models.active
-        if snapshot is None or active is None or not _same(active.model, record.release):
+        if snapshot is None or active is None or not same_release(active.model, record.release):
             return
         assert self._trial_since is not None
         figures = record.figures
@@ -421,14 +426,14 @@ class ActivationService:
         """Before serving: the candidate goes (the active model never changed)."""
         self._save(self._machine.reject(code, reason, figures))
         candidate = self._models.candidate
-        if candidate is not None and _same(candidate.model, record.release):
+        if candidate is not None and same_release(candidate.model, record.release):
             self._models.discard_candidate()
 
     def _abort(self, record: ActivationRecord, code: str, reason: str) -> None:
         if record.state in PRE_SERVING:
             self._save(self._machine.reject(code, reason, self._live, verdict=None))
             candidate = self._models.candidate
-            if candidate is not None and _same(candidate.model, record.release):
+            if candidate is not None and same_release(candidate.model, record.release):
                 self._models.discard_candidate()
         else:
             self._roll_back(record, code, reason, self._live, True)
@@ -443,7 +448,7 @@ class ActivationService:
         self._put_links_back(record)
         models = self._models
         previous = models.previous
-        if previous is not None and _same(previous.model, record.previous):
+        if previous is not None and same_release(previous.model, record.previous):
             outcome = models.restore_previous()
         elif record.previous_bundle is not None:
             outcome = models.load_candidate(Path(record.previous_bundle))
@@ -503,200 +508,40 @@ class ActivationService:
         if step.changed:
             self._ports.report.emit(activation_event(step.after))
 
-    # ------------------------------------------------------------------ manual control (main thread)
+    # ------------------------------------------------------------------ for the manual controls and readers
 
-    def models_list(self) -> dict[str, Any]:
-        """Installed versions per model, which is active and previous, the model in service, the record."""
-        models: list[dict[str, Any]] = []
-        folder = self.layout.models_dir
-        for model_dir in sorted(folder.iterdir()) if folder.is_dir() else []:
-            if not model_dir.is_dir() or model_dir.name.startswith("."):
-                continue
-            name = model_dir.name
-            active = links.version_of(links.read_link(self.layout, name, links.ACTIVE))
-            previous = links.version_of(links.read_link(self.layout, name, links.PREVIOUS))
-            models.append(
-                {
-                    "name": name,
-                    "installed": self.layout.installed_versions(name),
-                    "active": active,
-                    "previous": previous,
-                }
-            )
-        serving = self._models.active
-        return {
-            "serving": {
-                "name": serving.model.name,
-                "version": serving.model.version,
-                "bundle": str(serving.model.bundle.path),
-            }
-            if serving is not None
-            else None,
-            "models": models,
-            "activation": self.status(),
-        }
+    @property
+    def ports(self) -> ActivationPorts:
+        """The daemon's ports (the model slot, the desired state, the updater's record)."""
+        return self._ports
 
-    def activate_version(self, version: int) -> dict[str, Any]:
-        """Puts installed version `version` of the model in service through the gate and a trial."""
-        active = self._models.active
-        if active is None:
-            raise AgentError("no model in service: nothing to compare a release with")
-        record = self._machine.record
-        if record is not None and record.state in PRE_SERVING | {UpdateState.TRIAL}:
-            raise AgentError(
-                f"{record.release} is {record.state.value}: roll it back or wait for its verdict"
-            )
-        name = active.model.name
-        if version == active.model.version:
-            raise AgentError(f"{name} v{version} is already in service")
-        bundle = self.layout.bundle(name, version)
-        if not bundle.is_dir():
-            installed = ", ".join(f"v{v}" for v in self.layout.installed_versions(name)) or "none"
-            raise AgentError(f"{name} v{version} is not installed here (installed: {installed})")
-        release = ReleaseId(name=name, version=version)
-        delivery = self._ports.delivery()
-        signed = delivery.activation if delivery is not None and delivery.release == release else None
-        desired = self._ports.desired()
-        begun = self.begin(
-            release,
-            bundle,
-            signed or Activation(),
-            "manual",
-            delivery.ram_mb if delivery is not None and delivery.release == release else None,
-            desired_version=desired.version if desired is not None else None,
-        )
-        return {
-            "ok": True,
-            "state": begun.state.value,
-            "release": str(release),
-            "message": f"{release}: golden gate next",
-        }
+    @property
+    def live(self) -> Figures:
+        """The figures measured since the last saved step (shadow, trial)."""
+        return self._live
 
-    def rollback(self, version: int | None = None, reason: str | None = None) -> dict[str, Any]:
-        """The previous model back in service; the replaced release marked rejected."""
-        record = self._machine.record
-        active = self._models.active
-        in_progress = record.release.version if record is not None and record.state not in FINISHED else None
-        if version is not None and version not in (in_progress, active.model.version if active else None):
-            return {
-                "ok": False,
-                "message": f"v{version} is neither in service nor being activated: nothing done",
-            }
-        why = reason or "a rollback command"
-        if record is not None and record.state in PRE_SERVING:
-            self._abort(record, "rollback", why)
-            return {
-                "ok": True,
-                "state": "rejected",
-                "message": f"{record.release} rejected before serving: {why}",
-            }
-        if (
-            record is None
-            or record.state not in SERVING
-            or active is None
-            or not _same(active.model, record.release)
-        ):
-            return {
-                "ok": False,
-                "message": "nothing to roll back: the model in service was not activated here",
-            }
-        if record.previous_bundle is None:
-            return {"ok": False, "message": f"{record.release} has no previous model to return to"}
-        self._abort(record, "rollback", why)
-        return {
-            "ok": True,
-            "state": "rejected",
-            "message": f"{record.release} rolled back to {record.previous}: {why}",
-        }
+    @property
+    def memory_plan(self) -> MemoryPlan | None:
+        """The last memory decision."""
+        return self._plan
 
-    # ------------------------------------------------------------------ readers (any thread)
+    def abort(self, record: ActivationRecord, code: str, reason: str) -> None:
+        """Main thread: ends the activation of `record` by a person's or the fleet's decision (marked rejected)."""
+        self._abort(record, code, reason)
 
     def view(self, delivery: UpdateRecord | None) -> UpdateView | None:
-        """The update for the retained status: this record when it is about the newest release, else delivery's."""
-        record = self._machine.record
-        if record is None or (
-            delivery is not None
-            and delivery.release.name == record.release.name
-            and delivery.release.version > record.release.version
-            and delivery.state is not UpdateState.INSTALLED
-        ):
-            if delivery is None:
-                return None
-            return UpdateView(
-                delivery.state.value, delivery.release.name, delivery.release.version, delivery.reason
-            )
-        figures = (
-            {**record.figures, **self._live}
-            if record.state in PRE_SERVING | {UpdateState.TRIAL}
-            else record.figures
-        )
-        previous = (record.previous.name, record.previous.version) if record.previous else None
-        return UpdateView(
-            record.state.value,
-            record.release.name,
-            record.release.version,
-            record.reason,
-            record.verdict,
-            previous,
-            {key: value for key, value in figures.items() if not key.startswith("previous_")},
-        )
+        """The update for the retained status (see `activation_report.update_view`)."""
+        return update_view(self._machine.record, self._live, delivery)
 
     def status(self) -> dict[str, Any]:
         """The activation for `edge-agent status` and `models list`."""
-        record = self._machine.record
-        out: dict[str, Any] = {"enabled": self.config.ota.activation.enabled}
-        if self._plan is not None:
-            out["memory"] = self._plan.to_dict()
-        if record is None:
-            return out
-        out.update(
-            state=record.state.value,
-            release={"name": record.release.name, "version": record.release.version},
-            previous={"name": record.previous.name, "version": record.previous.version}
-            if record.previous
-            else None,
-            origin=record.origin,
-            verdict=record.verdict,
-            code=record.code,
-            reason=record.reason,
-            crashes=record.crashes,
-            figures={**record.figures, **(self._live if record.state not in FINISHED else {})},
-            thresholds=record.thresholds.model_dump(),
-            rejected=[str(old) for old in record.rejected],
+        return activation_status(
+            self._machine.record, self._live, self._plan, self.config.ota.activation.enabled
         )
-        return out
 
 
 def _float(value: object) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def activation_event(record: ActivationRecord) -> AgentEvent:
-    """The `update` event for a record that just changed state, verdict or reason."""
-    release, state = record.release, record.state
-    severity: Severity = SEVERITY.get(state, "warning" if record.verdict == "inconclusive" else "info")
-    message = f"{release}: {state.value}"
-    if record.reason:
-        message += f": {record.reason}"
-    evidence: dict[str, Any] = {
-        "state": state.value,
-        "release": str(release),
-        "name": release.name,
-        "model": release.name,
-        "version": release.version,
-        "origin": record.origin,
-    }
-    if record.verdict:
-        evidence["verdict"] = record.verdict
-    if record.code:
-        evidence["code"] = record.code
-    if record.reason:
-        evidence["reason"] = record.reason
-    if record.previous is not None:
-        evidence["previous"] = {"name": record.previous.name, "version": record.previous.version}
-    if record.figures and (record.verdict or state in FINISHED):
-        evidence["figures"] = dict(record.figures)
-    return AgentEvent(type="update", severity=severity, message=message, evidence=evidence)
-
-
-__all__ = ["ActivationPorts", "ActivationService", "activation_event"]
+__all__ = ["ActivationPorts", "ActivationService", "same_release"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from agent.daemon.activation_control import ManualControl
 from agent.daemon.ports import MainThread
 from agent.errors import AgentError
 from agent.link import CommandError, NoArgs
@@ -29,7 +30,7 @@ class ModelCommands:
     """Answers the model controls through the main thread."""
 
     def __init__(self, activation: ActivationService, main: MainThread) -> None:
-        self._activation = activation
+        self._activation = ManualControl(activation)
         self._main = main
 
     def register(self, router: CommandRouter) -> None:
