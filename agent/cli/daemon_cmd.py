@@ -172,6 +172,17 @@ def render_status(data: dict[str, Any]) -> Group:
         from rich.markup import escape
 
         header.add_row(f"[bold red]no model in service[/]: {escape(str(agent.get('problem')))}")
+    activation = (data.get("update") or {}).get("activation") or {}
+    if activation.get("state"):
+        from rich.markup import escape
+
+        release = activation.get("release") or {}
+        line = f"activation: {release.get('name')} v{release.get('version')} [bold]{activation['state']}[/]"
+        if activation.get("verdict"):
+            line += f" ({activation['verdict']})"
+        if activation.get("reason"):
+            line += f": {escape(str(activation['reason']))}"
+        header.add_row(line)
     counters = metrics.get("counters", {})
     rates = metrics.get("rates", {})
     overview = table(
