@@ -232,12 +232,25 @@ class ActivationService:
             self.begin(release, bundle, delivery.activation or Activation(), "update", delivery.ram_mb)
 
     def _desired_moved_away(self, record: ActivationRecord) -> bool:
-        """A rollout abort (or an operator) set the desired state below the release: it goes, marked rejected."""
+        """A rollout abort (or an operator) set the desired state below the release: it goes, marked rejected; a
+        newer desired release, installed, replaces one that has not served yet or is held inconclusive."""
         desired = self._ports.desired()
         if record.origin != "update" or desired is None or desired.model != record.release.name:
             return False
-        if desired.version >= record.release.version:
+        if desired.version == record.release.version:
             return False
+        if desired.version > record.release.version:  # a newer release: it waits for this one's verdict ...
+            delivery = self._ports.delivery()
+            ready = (
+                delivery is not None
+                and delivery.state is UpdateState.INSTALLED
+                and (delivery.release.name, delivery.release.version) == (desired.model, desired.version)
+            )
+            held = record.state in PRE_SERVING or record.verdict == "inconclusive"
+            if not (ready and held):  # ... unless this one is held inconclusive or has not served yet
+                return False
+            self._abort(record, "superseded", f"v{desired.version} is installed and desired now")
+            return True
         self._abort(record, "desired", f"the desired state names v{desired.version} now")
         return True
 

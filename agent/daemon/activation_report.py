@@ -24,7 +24,6 @@ def update_view(
         delivery is not None
         and delivery.release.name == record.release.name
         and delivery.release.version > record.release.version
-        and delivery.state is not UpdateState.INSTALLED
     ):
         if delivery is None:
             return None
