@@ -544,7 +544,7 @@ class ActivationService:
 
     def view(self, delivery: UpdateRecord | None) -> UpdateView | None:
         """The update for the retained status (see `activation_report.update_view`)."""
-        return update_view(self._machine.record, self._live, delivery)
+        return update_view(self._machine.record, delivery)
 
     def status(self) -> dict[str, Any]:
         """The activation for `edge-agent status` and `models list`."""

@@ -9,16 +9,14 @@ from typing import Any
 
 from agent.daemon.ports import UpdateView
 from agent.events import AgentEvent, Severity
-from agent.ota.activation import FINISHED, PRE_SERVING, ActivationRecord, Figures
+from agent.ota.activation import FINISHED, ActivationRecord, Figures
 from agent.ota.state import UpdateRecord, UpdateState
 from agent.ota.verdict import MemoryPlan
 
 SEVERITY: dict[UpdateState, Severity] = {UpdateState.REJECTED: "warning", UpdateState.ROLLED_BACK: "error"}
 
 
-def update_view(
-    record: ActivationRecord | None, live: Figures, delivery: UpdateRecord | None
-) -> UpdateView | None:
+def update_view(record: ActivationRecord | None, delivery: UpdateRecord | None) -> UpdateView | None:
     """The update for the retained status: this record when it is about the newest release, else delivery's."""
     if record is None or (
         delivery is not None
@@ -30,9 +28,7 @@ def update_view(
         return UpdateView(
             delivery.state.value, delivery.release.name, delivery.release.version, delivery.reason
         )
-    figures = (
-        {**record.figures, **live} if record.state in PRE_SERVING | {UpdateState.TRIAL} else record.figures
-    )
+    figures = record.figures  # the saved ones: live figures would republish the retained status every tick
     previous = (record.previous.name, record.previous.version) if record.previous else None
     return UpdateView(
         record.state.value,
