@@ -181,6 +181,9 @@ def test_command_arg_models_are_in_one_place() -> None:
         "sample-list",
         "sample-chunk",
         "sample-confirm",
+        "models-list",
+        "activate",
+        "rollback",
     }
     with pytest.raises(ValidationError):
         COMMAND_ARGS["set-log-level"].model_validate({"level": "LOUD"})
