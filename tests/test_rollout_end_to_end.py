@@ -82,15 +82,20 @@ def fleet(broker: Broker, repo: Repo, serve: subprocess.Popen[str]) -> Iterator[
     for device in DEVICES:
         made.start(device)
     for device in DEVICES:
-        wait_status(made.folders[device], lambda s: s["link"].get("state") == "connected", 60, f"{device} online")
+        wait_status(
+            made.folders[device], lambda s: s["link"].get("state") == "connected", 60, f"{device} online"
+        )
     yield made
     problems = made.close()
     assert not problems, problems
 
 
-def rollout(broker: Broker, state: Path, *args: str, timeout_s: float = 240) -> subprocess.CompletedProcess[str]:
+def rollout(
+    broker: Broker, state: Path, *args: str, timeout_s: float = 240, client_id: str = "alice"
+) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "agent.fleet", *connection(broker, client_id), "rollout", *args]
     return subprocess.run(
-        [sys.executable, "-m", "agent.fleet", *connection(broker, "alice"), "rollout", *args, "--state-dir", str(state)],
+        [*command, "--state-dir", str(state)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -99,10 +104,19 @@ def rollout(broker: Broker, state: Path, *args: str, timeout_s: float = 240) -> 
 
 
 def rollout_status(broker: Broker, state: Path, rollout_id: str) -> dict:
-    result = rollout(broker, state, "status", rollout_id, "--json", timeout_s=30)
+    result = rollout(broker, state, "status", rollout_id, "--json", timeout_s=30, client_id="alice-status")
     assert result.returncode == 0, result.stderr
     data: dict = json.loads(result.stdout)
     return data
+
+
+def first_wave(broker: Broker, state: Path, rollout_id: str) -> list[str] | None:
+    """The first wave's devices once the driver has planned them (None before its record exists)."""
+    result = rollout(broker, state, "status", rollout_id, "--json", timeout_s=30, client_id="alice-status")
+    if result.returncode != 0:
+        return None
+    waves = json.loads(result.stdout).get("waves") or []
+    return waves[0]["devices"] if waves and waves[0].get("devices") else None
 
 
 def versions(fleet: Fleet) -> dict[str, int | None]:
@@ -123,7 +137,12 @@ def test_a_good_release_goes_through_every_wave_and_broken_ones_stop_in_the_firs
         assert activation_of(fleet.status(device))["state"] == "committed"
 
     breakages = [
-        (3, "golden", {"bundle": release_bundle(tmp_path, 3, break_golden=True), "checked": False}, FAST_TRIAL),
+        (
+            3,
+            "golden",
+            {"bundle": release_bundle(tmp_path, 3, break_golden=True), "checked": False},
+            FAST_TRIAL,
+        ),
         (4, "latency", {"bundle": release_bundle(tmp_path, 4, budget_ms=BROKEN_BUDGET_MS)}, FAST_TRIAL),
         (
             5,
@@ -135,7 +154,9 @@ def test_a_good_release_goes_through_every_wave_and_broken_ones_stop_in_the_firs
     for version, code, made, activation in breakages:
         repo.publish(made["bundle"], activation=activation, checked=made.get("checked", True))
         before = versions(fleet)
-        result = rollout(broker, state, "start", f"digits-det:{version}", "--group", "g1", "--waves", WAVES, "--soak", "0s")
+        result = rollout(
+            broker, state, "start", f"digits-det:{version}", "--group", "g1", "--waves", WAVES, "--soak", "0s"
+        )
         assert result.returncode == 3, (code, result.stdout, result.stderr)
         record = rollout_status(broker, state, f"digits-det-v{version}-g1")
         assert record["state"] == "aborted", record
@@ -143,7 +164,10 @@ def test_a_good_release_goes_through_every_wave_and_broken_ones_stop_in_the_firs
         assert len(first) == 1, record
         (victim,) = first
         data = wait_status(
-            fleet.folders[victim], lambda s: activation_of(s).get("state") == "rejected", 60, f"{victim} rejected"
+            fleet.folders[victim],
+            lambda s: activation_of(s).get("state") == "rejected",
+            60,
+            f"{victim} rejected",
         )
         assert activation_of(data)["release"]["version"] == version
         assert activation_of(data)["code"] == code, activation_of(data)
@@ -160,8 +184,23 @@ def test_a_device_going_offline_in_a_wave_is_judged_by_abort_offline_not_as_a_mo
     repo.publish(release_bundle(tmp_path, 2), activation=FAST_TRIAL)
     driver = subprocess.Popen(
         [
-            sys.executable, "-m", "agent.fleet", *connection(broker, "alice"), "rollout", "start", "digits-det:2",
-            "--group", "g1", "--waves", WAVES, "--soak", "60s", "--abort-offline", "10%", "--state-dir", str(state),
+            sys.executable,
+            "-m",
+            "agent.fleet",
+            *connection(broker, "alice"),
+            "rollout",
+            "start",
+            "digits-det:2",
+            "--group",
+            "g1",
+            "--waves",
+            WAVES,
+            "--soak",
+            "60s",
+            "--abort-offline",
+            "10%",
+            "--state-dir",
+            str(state),
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -169,15 +208,12 @@ def test_a_device_going_offline_in_a_wave_is_judged_by_abort_offline_not_as_a_mo
         text=True,
     )
     try:
-        record = wait_for(
-            lambda: (lambda r: r if r.get("waves") and r["waves"][0].get("devices") else None)(
-                rollout_status(broker, state, "digits-det-v2-g1")
-            ),
-            60,
-            "the first wave chosen",
+        (victim,) = wait_for(
+            lambda: first_wave(broker, state, "digits-det-v2-g1"), 60, "the first wave chosen"
         )
-        (victim,) = record["waves"][0]["devices"]
-        wait_status(fleet.folders[victim], lambda s: activation_of(s).get("state") == "committed", 120, "the commit")
+        wait_status(
+            fleet.folders[victim], lambda s: activation_of(s).get("state") == "committed", 120, "the commit"
+        )
         fleet.processes[victim].send_signal(signal.SIGKILL)  # its last will says offline, during the soak
         fleet.processes[victim].wait(10)
         output, _ = driver.communicate(timeout=120)
@@ -189,6 +225,11 @@ def test_a_device_going_offline_in_a_wave_is_judged_by_abort_offline_not_as_a_mo
     assert record["state"] == "aborted" and "offline" in json.dumps(record).lower(), record
     others = [device for device in DEVICES if device != victim]
     assert all(serving(fleet.status(device)) == 1 for device in others), "the rest of the fleet untouched"
-    fleet.start(victim)  # back online: the abort's desired state puts v1 back, no rollback counted as a failure
+    fleet.start(
+        victim
+    )  # back online: the abort's desired state puts v1 back, no rollback counted as a failure
     data = wait_status(fleet.folders[victim], lambda s: serving(s) == 1, 60, "v1 back on the device")
-    assert activation_of(data)["state"] == "rejected" and activation_of(data)["code"] in ("desired", "rollback")
+    assert activation_of(data)["state"] == "rejected" and activation_of(data)["code"] in (
+        "desired",
+        "rollback",
+    )

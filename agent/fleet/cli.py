@@ -22,7 +22,7 @@ from rich.live import Live
 
 from agent import __version__
 from agent.errors import AgentError
-from agent.fleet import command, hard_cli, release_cli, trust_cli
+from agent.fleet import command, hard_cli, release_cli, rollout_cli, trust_cli
 from agent.fleet.argtypes import count, seconds
 from agent.fleet.client import FleetClient
 from agent.fleet.errors import (
@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     hard_cli.add_commands(sub)
     trust_cli.add_commands(sub)
     release_cli.add_commands(sub)
+    rollout_cli.add_commands(sub)
     from agent.fleet.serve import add_serve_parser  # the block repository (agent/fleet/serve.py)
 
     add_serve_parser(sub)
