@@ -283,15 +283,18 @@ class Driver:
 
     # -- ownership -------------------------------------------------------------------------------------------------
 
-    def claim(self, retained: RolloutRecord | None) -> None:
-        """Takes the rollout over (higher epoch than any seen); FleetError(exit 2) while another owner is alive."""
+    def claim(self, retained: RolloutRecord | None, *, force: bool = False) -> None:
+        """Takes the rollout over (higher epoch than any seen); Owned (exit 2) while another owner is alive, unless
+        `force` (the operator knows the other driver is dead: `rollout resume --take-over`)."""
         epochs = [self.record.owner.epoch if self.record.owner else 0]
         if retained is not None and retained.owner is not None:
             owner = retained.owner
-            if owner.heartbeat is not None and time.time() - owner.heartbeat < OWNER_STALE_S:
+            alive = owner.heartbeat is not None and time.time() - owner.heartbeat < OWNER_STALE_S
+            if alive and not force:
                 raise Owned(
                     f"rollout {self.record.id} is driven by {owner.host} (pid {owner.pid}, epoch {owner.epoch}); "
-                    f"its heartbeat is {time.time() - owner.heartbeat:.0f} s old: wait for it, or pause/abort it"
+                    f"its heartbeat is {time.time() - (owner.heartbeat or 0):.0f} s old: pause or abort it, or "
+                    "`rollout resume --take-over` if that driver is dead"
                 )
             epochs.append(owner.epoch)
             if retained.updated > self.record.updated:

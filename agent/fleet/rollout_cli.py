@@ -138,6 +138,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             verb.add_argument(
                 "--reason", default="by the operator", metavar="TEXT", help="why, for the record"
             )
+        else:
+            verb.add_argument(
+                "--take-over",
+                action="store_true",
+                help="drive it even though its owner's heartbeat is fresh (that driver is known dead); "
+                "the old driver, if alive, stops",
+            )
         verb.set_defaults(handler=handler)
 
     for leaf in (start, status, *(verbs.choices[name] for name in ("pause", "resume", "abort"))):
@@ -288,7 +295,7 @@ def run_resume(args: argparse.Namespace, options: ConnectOptions) -> int:
         if record.state == "running" and not _alive(record):
             notice(f"rollout {rollout_id}: its driver is gone; taking it over")
         driver = Driver(client, topics, store, record, notice, statuses)
-        driver.claim(retained)
+        driver.claim(retained, force=args.take_over)
         wave = driver.record.waves[driver.record.wave]
         if wave.state == "held":
             wave.state, wave.started, wave.succeeded = "running", time.time(), None
