@@ -350,7 +350,15 @@ class ActivationService:
         latency = stats.get("latency_ms") or {}
         extra: Figures = {
             key: stats[key]
-            for key in ("errors", "skipped_busy", "skipped_budget", "share_got", "score_correlation")
+            for key in (
+                "errors",
+                "skipped_busy",
+                "skipped_budget",
+                "share_got",
+                "score_correlation",
+                "mean_iou",
+                "mean_score_delta",
+            )
             if isinstance(stats.get(key), (int, float))
         }
         judgement = shadow(

@@ -38,6 +38,8 @@ OPS = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a >
 CONDITION = re.compile(r"^\s*([a-z][a-z0-9_]*)\s*(?:(<=|>=|<|>)\s*(-?[0-9]+(?:\.[0-9]+)?)\s*)?$")
 FIGURES = (
     "agreement",
+    "score_correlation",
+    "mean_iou",
     "latency_p95_ms",
     "error_rate",
     "low_confidence_share",

@@ -27,6 +27,7 @@ from typing import Any
 from agent.errors import AgentError
 from agent.inference import Result
 from agent.monitor.histogram import LatencyHistogram
+from agent.pipeline import agreement
 from agent.pipeline.active import ActiveModel
 from agent.pipeline.mailbox import LatestMailbox
 from agent.pipeline.records import ResultRecord
@@ -46,17 +47,14 @@ class ShadowPair:
 
     @property
     def agrees(self) -> bool | None:
-        """Whether both gave the same answer (equal change keys); None when the candidate failed or gives none."""
-        if self.shadow is None:
-            return None
-        mine, theirs = self.active.change_key(), self.shadow.change_key()
-        if mine is None or theirs is None:
-            return None
-        return bool(mine == theirs)
+        """Whether both gave the same answer, by task (`agent.pipeline.agreement`: top-1 label, detections matched
+        by label and box IoU, anomaly verdict); None when the candidate failed or gives nothing to compare."""
+        return agreement.agrees(self.active, self.shadow)
 
 
 class ShadowStats:
-    """Running counts of the pairs: offered, compared, skipped, agreement, candidate errors and latency."""
+    """Running counts of the pairs: offered, compared, skipped, agreement, candidate errors and latency, the
+    correlation of the two models' top scores and the mean IoU of matched detections."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -65,6 +63,9 @@ class ShadowStats:
         self._latency = LatencyHistogram()
         self._score_delta_sum = 0.0
         self._score_deltas = 0
+        self._scores = agreement.Correlation()
+        self._iou_sum = 0.0
+        self._ious = 0
 
     def count(self, what: str) -> None:
         """Counts one offered or skipped item (`offered`, `skipped_busy`, `skipped_budget`)."""
@@ -89,6 +90,11 @@ class ShadowStats:
             if mine is not None and theirs is not None:
                 self._score_delta_sum += theirs - mine
                 self._score_deltas += 1
+                self._scores.add(mine, theirs)
+            overlap = agreement.mean_iou(pair.active, pair.shadow)
+            if overlap is not None:
+                self._iou_sum += overlap
+                self._ious += 1
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready counts and ratios."""
@@ -104,6 +110,8 @@ class ShadowStats:
                 "mean_score_delta": round(self._score_delta_sum / self._score_deltas, 6)
                 if self._score_deltas
                 else None,
+                "score_correlation": None if (value := self._scores.value()) is None else round(value, 6),
+                "mean_iou": round(self._iou_sum / self._ious, 6) if self._ious else None,
                 "latency_ms": self._latency.summary(),
             }
 
