@@ -121,3 +121,17 @@ def test_a_failing_candidate_is_counted_as_errors(models, monkeypatch):
     finally:
         tee.close()
     assert tee.stats.errors == len(recs) and tee.stats.to_dict()["agreement"] is None
+
+
+def test_the_shadow_worker_runs_at_a_lower_priority_and_reports_the_share_it_got(models):
+    active, candidate = models
+    tee = ShadowTee(ActiveModel(candidate), every_n=1, cpu_share=1.0)
+    try:
+        for record in records(active, 10):
+            tee.emit(record)
+            drain(tee, tee.stats.offered - tee.stats.skipped_busy - tee.stats.skipped_budget)
+    finally:
+        tee.close()
+    stats = tee.stats.to_dict()
+    assert stats["priority"] == 19, "the scheduler serves the active loop first when the cores are busy"
+    assert 0 < stats["share_got"] < 1

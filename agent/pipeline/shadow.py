@@ -11,6 +11,9 @@ Invariants:
 - CPU budget: the worker may be busy at most `cpu_share` of wall-clock time, as a token bucket over a `burst_s`
   horizon; an item offered while the bucket is empty is dropped and counted as `skipped_budget`. On a device whose
   cores are all busy, that share is the most the shadow can slow the loop by;
+- the worker thread runs at nice 19 (`lower_priority`): when the loop is compute-bound the scheduler serves the active
+  model's thread first, and `share_got` (the worker's busy time over wall-clock time) says how much the shadow got;
+  the runtime's own pool threads of the candidate keep the priority they were made with;
 - the tee never closes either model: the model service owns both;
 - `close` stops the worker within its timeout; a candidate stuck in an invoke is left to its daemon thread.
 """
@@ -18,6 +21,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -52,12 +56,30 @@ class ShadowPair:
         return agreement.agrees(self.active, self.shadow)
 
 
+SHADOW_NICE = 19
+"""The shadow worker's nice value: on a device whose cores are busy, the scheduler serves the active loop first."""
+
+
+def lower_priority(nice: int = SHADOW_NICE) -> int | None:
+    """Gives the calling thread (Linux: a thread has a nice value of its own) the nice value `nice`; returns the
+    value it runs at, or None where that cannot be set."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    except (AttributeError, OSError):
+        return None
+
+
 class ShadowStats:
     """Running counts of the pairs: offered, compared, skipped, agreement, candidate errors and latency, the
     correlation of the two models' top scores and the mean IoU of matched detections."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
+        self._clock = clock
+        self._started = clock()
+        self._busy_s = 0.0
+        self.priority: int | None = None
         self.offered = self.compared = self.skipped_busy = self.skipped_budget = 0
         self.agreed = self.disagreed = self.errors = 0
         self._latency = LatencyHistogram()
@@ -71,6 +93,11 @@ class ShadowStats:
         """Counts one offered or skipped item (`offered`, `skipped_busy`, `skipped_budget`)."""
         with self._lock:
             setattr(self, what, getattr(self, what) + 1)
+
+    def busy(self, seconds: float) -> None:
+        """Counts time the worker spent on the candidate (for `share_got`)."""
+        with self._lock:
+            self._busy_s += seconds
 
     def add(self, pair: ShadowPair) -> None:
         """Counts one pair."""
@@ -113,6 +140,10 @@ class ShadowStats:
                 "score_correlation": None if (value := self._scores.value()) is None else round(value, 6),
                 "mean_iou": round(self._iou_sum / self._ious, 6) if self._ious else None,
                 "latency_ms": self._latency.summary(),
+                "share_got": round(self._busy_s / elapsed, 6)
+                if (elapsed := self._clock() - self._started) > 0
+                else None,
+                "priority": self.priority,
             }
 
 
@@ -135,7 +166,7 @@ class ShadowTee:
             raise AgentError("a shadow run needs every_n >= 1, 0 < cpu_share <= 1 and burst_s > 0")
         self.candidate = candidate
         self.every_n, self.cpu_share, self.burst_s = every_n, cpu_share, burst_s
-        self.stats = ShadowStats()
+        self.stats = ShadowStats(clock)
         self._on_pair = on_pair
         self._clock = clock
         self._mailbox: LatestMailbox[ResultRecord] = LatestMailbox()
@@ -178,6 +209,7 @@ class ShadowTee:
     # ------------------------------------------------------------------ worker thread
 
     def _run(self) -> None:
+        self.stats.priority = lower_priority()
         while not self._stop.is_set():
             record = self._mailbox.get(0.5)
             if record is None:
@@ -194,6 +226,7 @@ class ShadowTee:
                 )
                 pair = ShadowPair(record.item.seq, record.result, None, time.perf_counter() - started, text)
             self._spend(time.perf_counter() - started)
+            self.stats.busy(time.perf_counter() - started)
             self.stats.add(pair)
             if self._on_pair is not None:
                 try:
