@@ -12,7 +12,8 @@ Invariants:
   horizon; an item offered while the bucket is empty is dropped and counted as `skipped_budget`. On a device whose
   cores are all busy, that share is the most the shadow can slow the loop by;
 - the worker thread runs at nice 19 (`lower_priority`): when the loop is compute-bound the scheduler serves the active
-  model's thread first, and `share_got` (the worker's busy time over wall-clock time) says how much the shadow got;
+  model's thread first, and `share_got` (the worker thread's CPU time over wall-clock time) says how much of a core the shadow got
+  (`busy_share`: its wall-clock busy time, preemption included);
   the runtime's own pool threads of the candidate keep the priority they were made with;
 - the tee never closes either model: the model service owns both;
 - `close` stops the worker within its timeout; a candidate stuck in an invoke is left to its daemon thread.
@@ -78,7 +79,7 @@ class ShadowStats:
         self._lock = threading.Lock()
         self._clock = clock
         self._started = clock()
-        self._busy_s = 0.0
+        self._busy_s = self._cpu_s = 0.0
         self.priority: int | None = None
         self.offered = self.compared = self.skipped_busy = self.skipped_budget = 0
         self.agreed = self.disagreed = self.errors = 0
@@ -94,10 +95,11 @@ class ShadowStats:
         with self._lock:
             setattr(self, what, getattr(self, what) + 1)
 
-    def busy(self, seconds: float) -> None:
-        """Counts time the worker spent on the candidate (for `share_got`)."""
+    def busy(self, seconds: float, cpu_s: float) -> None:
+        """Counts the wall-clock and CPU time the worker spent on the candidate (`busy_share`, `share_got`)."""
         with self._lock:
             self._busy_s += seconds
+            self._cpu_s += cpu_s
 
     def add(self, pair: ShadowPair) -> None:
         """Counts one pair."""
@@ -140,9 +142,10 @@ class ShadowStats:
                 "score_correlation": None if (value := self._scores.value()) is None else round(value, 6),
                 "mean_iou": round(self._iou_sum / self._ious, 6) if self._ious else None,
                 "latency_ms": self._latency.summary(),
-                "share_got": round(self._busy_s / elapsed, 6)
+                "share_got": round(self._cpu_s / elapsed, 6)
                 if (elapsed := self._clock() - self._started) > 0
                 else None,
+                "busy_share": round(self._busy_s / elapsed, 6) if elapsed > 0 else None,
                 "priority": self.priority,
             }
 
@@ -214,7 +217,7 @@ class ShadowTee:
             record = self._mailbox.get(0.5)
             if record is None:
                 continue
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.thread_time()
             try:
                 result = self.candidate.model.infer(self.candidate.adapt(record.item))
                 pair = ShadowPair(record.item.seq, record.result, result, time.perf_counter() - started)
@@ -226,7 +229,7 @@ class ShadowTee:
                 )
                 pair = ShadowPair(record.item.seq, record.result, None, time.perf_counter() - started, text)
             self._spend(time.perf_counter() - started)
-            self.stats.busy(time.perf_counter() - started)
+            self.stats.busy(time.perf_counter() - started, time.thread_time() - cpu_started)
             self.stats.add(pair)
             if self._on_pair is not None:
                 try:
