@@ -84,7 +84,15 @@ def test_a_good_release_passes_its_gate_and_trial_and_is_committed_with_the_link
     try:
         wait_status(device, lambda s: serving(s) == 1, 30, "the bundled model in service")
         desire(broker, "digits-det", 2, group="g1")
-        data = wait_status(device, state_is("committed", "rolled-back", "rejected"), 120, "a verdict")
+        states: list[str] = []  # the status shows the 10 latest events: gather the update states at every poll
+
+        def decided(s: dict) -> bool:
+            states.extend(
+                e["evidence"]["state"] for e in s["events"] if e["type"] == "update" and "state" in e["evidence"]
+            )
+            return bool(state_is("committed", "rolled-back", "rejected")(s))
+
+        data = wait_status(device, decided, 120, "a verdict")
         activation = activation_of(data)
         assert activation["state"] == "committed", activation
         assert activation["verdict"] == "pass"
@@ -95,11 +103,6 @@ def test_a_good_release_passes_its_gate_and_trial_and_is_committed_with_the_link
         links = links_of(device)
         assert links["active"] == "2", links
         assert links["previous"] is not None and links["previous"].endswith("digits-det-tflite"), links
-        states = [
-            e["evidence"]["state"]
-            for e in data["events"]
-            if e["type"] == "update" and "state" in e["evidence"]
-        ]
         for expected in ("installed", "self-testing", "activating", "trial", "committed"):
             assert expected in states, states
         listing = run_cli(device, "models", "list", "--json")
