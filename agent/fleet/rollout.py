@@ -225,6 +225,28 @@ def control_topic(topics: FleetTopics, rollout_id: str) -> str:
     return f"{topics.prefix}rollouts/{rollout_id}/control"
 
 
+def fold_status(topics: FleetTopics, statuses: dict[str, Status], message: InboundMessage) -> Status | None:
+    """Folds a device's status message into `statuses`; returns it, or None when it is not a status, does not parse,
+    or is stale (an older birth, or online after offline within one birth, as the fleet view judges it)."""
+    parsed = topics.parse(message.topic)
+    if parsed is None or parsed.kind != "status" or parsed.device is None or not message.payload.strip():
+        return None
+    try:
+        status = parse(Status, message.payload)
+    except PayloadError:
+        return None
+    if status.device != parsed.device:
+        return None
+    old = statuses.get(status.device)
+    if old is not None and (
+        status.birth < old.birth
+        or (status.birth == old.birth and old.state == "offline" and status.state == "online")
+    ):
+        return None
+    statuses[status.device] = status
+    return status
+
+
 def new_record(
     rollout_id: str, release: Release, group: str, fleet: str, policy: Policy, statuses: dict[str, Status]
 ) -> RolloutRecord:
@@ -357,22 +379,9 @@ class Driver:
 
     def on_status(self, message: InboundMessage) -> bool:
         """A device's retained status; True when a device of the rollout changed standing."""
-        parsed = self.topics.parse(message.topic)
-        if parsed is None or parsed.kind != "status" or parsed.device is None or not message.payload.strip():
+        status = fold_status(self.topics, self.statuses, message)
+        if status is None:
             return False
-        try:
-            status = parse(Status, message.payload)
-        except PayloadError:
-            return False
-        if status.device != parsed.device:
-            return False
-        old = self.statuses.get(status.device)
-        if old is not None and (
-            status.birth < old.birth
-            or (status.birth == old.birth and old.state == "offline" and status.state == "online")
-        ):
-            return False  # stale, as the fleet view judges it
-        self.statuses[status.device] = status
         device = self.record.devices.get(status.device)
         if device is None or device.wave is None or device.wave > self.record.wave:
             return False
@@ -645,6 +654,7 @@ __all__ = [
     "control_topic",
     "counts_of",
     "default_state_dir",
+    "fold_status",
     "new_record",
     "policy_of",
     "read_record",

@@ -34,6 +34,7 @@ from agent.fleet.rollout import (
     control_topic,
     counts_of,
     default_state_dir,
+    fold_status,
     new_record,
     read_record,
     rollout_topic,
@@ -47,7 +48,7 @@ from agent.fleet.rollout_policy import (
     parse_waves,
 )
 from agent.fleet.stream import local_time
-from agent.link.wire import PayloadError, Status, TopicError, parse, validate_id
+from agent.link.wire import Status, TopicError, validate_id
 from agent.term import console, print_json
 
 CONTROL_WAIT_S = 30.0
@@ -213,16 +214,20 @@ def discover(
             except FleetError:
                 continue
             continue
-        parsed = topics.parse(message.topic)
-        if parsed is not None and parsed.kind == "status" and parsed.device is not None:
-            try:
-                status = parse(Status, message.payload)
-            except PayloadError:
-                continue
-            old = statuses.get(parsed.device)
-            if status.device == parsed.device and (old is None or status.birth >= old.birth):
-                statuses[parsed.device] = status
+        fold_status(topics, statuses, message)
     return statuses, retained
+
+
+def existing(
+    client: FleetClient, topics: FleetTopics, store: RecordStore, rollout_id: str
+) -> tuple[dict[str, Status], RolloutRecord | None, RolloutRecord]:
+    """The statuses, the retained record and the newest record of a rollout (this machine's or the broker's);
+    FleetError when neither has it."""
+    statuses, retained = discover(client, topics, rollout_id)
+    record = _newest(store.load(rollout_id), retained)
+    if record is None:
+        raise FleetError(f"no rollout {rollout_id} on this machine or on the broker")
+    return statuses, retained, record
 
 
 def _newest(local: RolloutRecord | None, retained: RolloutRecord | None) -> RolloutRecord | None:
@@ -286,10 +291,7 @@ def _exists(record: RolloutRecord) -> str:
 def run_resume(args: argparse.Namespace, options: ConnectOptions) -> int:
     rollout_id, store, topics = _id(args.id), _store(args), options.topics()
     with FleetClient(options) as client:
-        statuses, retained = discover(client, topics, rollout_id)
-        record = _newest(store.load(rollout_id), retained)
-        if record is None:
-            raise FleetError(f"no rollout {rollout_id} on this machine or on the broker")
+        statuses, retained, record = existing(client, topics, store, rollout_id)
         if record.state in FINAL:
             raise UsageError(f"rollout {rollout_id} is {record.state}: nothing to resume")
         if record.state == "running" and not _alive(record):
@@ -311,18 +313,13 @@ def run_resume(args: argparse.Namespace, options: ConnectOptions) -> int:
 def _control(args: argparse.Namespace, options: ConnectOptions, action: str) -> int:
     rollout_id, store, topics = _id(args.id), _store(args), options.topics()
     with FleetClient(options) as client:
-        statuses, retained = discover(client, topics, rollout_id)
-        record = _newest(store.load(rollout_id), retained)
-        if record is None:
-            raise FleetError(f"no rollout {rollout_id} on this machine or on the broker")
+        statuses, retained, record = existing(client, topics, store, rollout_id)
         allowed = ("running",) if action == "pause" else ("running", "paused")
         if record.state not in allowed:
             raise UsageError(f"rollout {rollout_id} is {record.state}: cannot {action} it")
         if record.state == "running" and _alive(record):
-            client.publish(
-                control_topic(topics, rollout_id),
-                _json({"action": action, "reason": args.reason}),
-            )
+            request = {"action": action, "reason": args.reason}
+            client.publish(control_topic(topics, rollout_id), json.dumps(request).encode())
             want = "paused" if action == "pause" else "aborted"
             for message in client.messages(time.monotonic() + CONTROL_WAIT_S, tick_s=0.5):
                 if message is None or message.topic != rollout_topic(topics, rollout_id):
@@ -332,7 +329,8 @@ def _control(args: argparse.Namespace, options: ConnectOptions, action: str) -> 
                 except FleetError:
                     continue
                 if seen.state in (want, "aborted", "completed"):
-                    store.save(seen) if store.load(rollout_id) is not None else None
+                    if store.load(rollout_id) is not None:
+                        store.save(seen)
                     notice(f"rollout {rollout_id} {seen.state}" + (f": {seen.reason}" if seen.reason else ""))
                     return EXIT_OK
             raise FleetError(
@@ -345,10 +343,6 @@ def _control(args: argparse.Namespace, options: ConnectOptions, action: str) -> 
         else:
             driver.abort(f"aborted by the operator: {args.reason}")
         return EXIT_OK
-
-
-def _json(data: dict[str, str]) -> bytes:
-    return json.dumps(data).encode()
 
 
 def run_pause(args: argparse.Namespace, options: ConnectOptions) -> int:
