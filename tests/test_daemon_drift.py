@@ -96,6 +96,17 @@ def test_a_darkening_scene_raises_one_drift_alarm_against_the_learnt_baseline_an
             lambda: any(e.phase == "start" and e.severity == "warning" for e in seen), 30, "a drift alarm"
         )
         alarm = next(e for e in seen if e.phase == "start" and e.severity == "warning")
+        # the count of detections may cross its threshold a window before the brightness does (the input statistics
+        # are sampled every 4th item): the darkening must show in the brightness by the alarm or in a window after it
+        brightness: list[object] = []
+
+        def _brightness_seen() -> bool:
+            last = daemon.status()["metrics"]["drift"]["last"] or {}
+            if "input.brightness" in last.get("exceeding", ()):
+                brightness.append(last)
+            return "input.brightness" in alarm.evidence["exceeding"] or bool(brightness)
+
+        wait_for(_brightness_seen, 30, "the brightness among the exceeding statistics")
         status = daemon.status()
         telemetry = daemon.telemetry()
     finally:
@@ -105,7 +116,7 @@ def test_a_darkening_scene_raises_one_drift_alarm_against_the_learnt_baseline_an
     assert watching_at < NORMAL
     learnt = [e for e in seen if e.message.startswith("site baseline learnt")]
     assert len(learnt) == 1 and learnt[0].evidence["ert_items"] == 200000
-    assert alarm.evidence["against"] == "baseline" and "input.brightness" in alarm.evidence["exceeding"]
+    assert alarm.evidence["against"] == "baseline"
     assert alarm.evidence["every_n"] == 24 and alarm.evidence["ert_items"] == 200000
     assert alarm.evidence["delta"] is not None or alarm.evidence["statistic"] != "input.brightness"
     assert len([e for e in seen if e.phase == "start" and e.severity == "warning"]) == 1
