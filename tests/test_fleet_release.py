@@ -252,7 +252,7 @@ def test_pack_refuses_a_bundle_that_fails_its_golden_test(tmp_path: Path, bundle
         outputs = {key: stored[key] + 1.0 for key in stored.files}
     np.savez(expected, **outputs)
     edit_manifest(folder, rehash=("golden/case0.expected.npz",))
-    with pytest.raises(ReleaseRefused, match=r"fails its golden self-test: golden/case0\.png: deviation"):
+    with pytest.raises(ReleaseRefused, match=r"fails its golden self-test: golden/case0\.png: output 'probs' deviates 1, over its limit"):
         pack_bundle(folder, tmp_path / "out.tar")
     assert not (tmp_path / "out.tar").exists()
 

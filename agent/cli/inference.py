@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import io
+import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from agent.errors import InputError
+from agent.fsutil import write_atomic
 from agent.inference.bench import bench_model
 from agent.inference.inputs import load_inputs, synthetic_input
 from agent.inference.model import Model
@@ -27,6 +32,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     infer.add_argument("--threads", type=int, default=None, help="runtime threads (default: all cores)")
     infer.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    infer.add_argument(
+        "--save-outputs",
+        type=Path,
+        metavar="FILE.npz",
+        help="also write every output tensor (dequantized float32) of every input: `output_0`, `output_1`, ... "
+        "stacked over the inputs, with `inputs` (their names) and `names` (the tensors' names)",
+    )
     infer.set_defaults(handler=run_infer)
 
     bench = sub.add_parser("bench", help="measure a model's latency, throughput and memory on this device")
@@ -85,12 +97,20 @@ def run_infer(args: argparse.Namespace) -> int:
     records: list[dict[str, Any]] = []
     rows: list[list[Any]] = []
     failed = 0
+    saved_names: list[str] = []
+    saved: list[list[np.ndarray]] = []
     for path in args.files:
         try:
             items = load_inputs(path, model.manifest.input, args.hop)
             for name, data in items:
-                result, timings = model.infer_timed(data)
-                ms = round((timings.preprocess_s + timings.invoke_s + timings.decode_s) * 1000, 3)
+                start = time.perf_counter()
+                prepared = model.prepare(data)
+                raw = model.invoke(prepared.tensor)
+                result = model.decode(raw, prepared)
+                ms = round((time.perf_counter() - start) * 1000, 3)
+                if args.save_outputs is not None:
+                    saved_names.append(name)
+                    saved.append([np.array(a, copy=True) for a in model.dequantize(raw)])
                 records.append({"input": name, "result": result.to_dict(), "latency_ms": ms})
                 rows += _rows(name, result, ms)
         except InputError as problem:
@@ -98,12 +118,31 @@ def run_infer(args: argparse.Namespace) -> int:
             message = str(problem) if path.name in str(problem) else f"{path.name}: {problem}"
             error(message)
             records.append({"input": str(path), "error": message})
+    if args.save_outputs is not None and saved:
+        _save_outputs(args.save_outputs, saved_names, saved, [s.name for s in model.backend.outputs])
     if args.json:
         print_json({"model": model.name, "version": model.version, "results": records})
     elif rows:
         console().print(table(f"{model.bundle}", _HEADERS[model.manifest.task], rows))
+        if args.save_outputs is not None and saved:
+            console().print(f"outputs of {len(saved)} input(s) written to {args.save_outputs}")
     model.close()
     return 1 if failed else 0
+
+
+def _save_outputs(path: Path, inputs: list[str], outputs: list[list[np.ndarray]], names: list[str]) -> None:
+    """Every output stacked over the inputs, written whole (a temporary file renamed into place)."""
+    arrays: dict[str, np.ndarray] = {
+        f"output_{i}": np.stack([item[i] for item in outputs]) for i in range(len(names))
+    }
+    arrays["inputs"] = np.array(inputs, dtype=str)
+    arrays["names"] = np.array(names, dtype=str)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
+    try:
+        write_atomic(path, buffer.getvalue(), mode=0o644)
+    except OSError as problem:
+        raise InputError(f"cannot write {path}: {problem.strerror or problem}") from problem
 
 
 def run_bench(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from agent.inference.manifest import ImageInput, InputContract, Task, WindowInpu
 from agent.inference.model import Model
 from agent.inference.options import RuntimeOptions
 from agent.inference.runtimes import TensorSpec, open_backend
+from agent.inference.weights import weight_info
 from agent.monitor.reference import feature_table
 from agent.term import console, print_json, table
 
@@ -26,6 +27,53 @@ def _floats(text: str) -> tuple[float, ...]:
         return tuple(float(v) for v in text.split(","))
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from error
+
+
+def _shape_pin(text: str) -> tuple[str, tuple[int, ...]]:
+    """`NAME=1,3,48,192`, or `1,3,48,192` for a model with one input (the name is then found at load)."""
+    name, _, dims = text.rpartition("=")
+    try:
+        shape = tuple(int(v) for v in dims.split(","))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=SIZES such as x=1,3,48,192, got '{text}'"
+        ) from error
+    if any(v < 1 for v in shape):
+        raise argparse.ArgumentTypeError(f"every size must be >= 1, got '{text}'")
+    return name.strip(), shape
+
+
+def _byte(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 255:
+        raise argparse.ArgumentTypeError(f"expected a pixel value 0..255, got '{text}'")
+    return value
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share 0..1 such as 0.02, got '{text}'")
+    return value
+
+
+def pins_for(specs: tuple[TensorSpec, ...], given: list[tuple[str, tuple[int, ...]]]) -> dict[str, tuple[int, ...]]:
+    """`--input-shape` values by input name; a nameless one belongs to a model's only input."""
+    pins: dict[str, tuple[int, ...]] = {}
+    for name, shape in given:
+        if not name:
+            if len(specs) != 1:
+                names = ", ".join(s.name for s in specs)
+                raise InputError(f"the model has several inputs ({names}): give --input-shape NAME=SIZES")
+            name = specs[0].name
+        pins[name] = shape
+    return pins
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -69,7 +117,22 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--mean", type=_floats, help="per-channel mean in pixel/sensor units, e.g. 123.7,116.3,103.5"
     )
     init.add_argument("--std", type=_floats, help="per-channel std in pixel/sensor units")
-    init.add_argument("--resize", choices=["stretch", "letterbox", "center_crop"], default="stretch")
+    init.add_argument(
+        "--resize",
+        choices=["stretch", "letterbox", "pad", "center_crop"],
+        default="stretch",
+        help="fit frames to the input: stretch; letterbox (aspect kept, centred); pad (aspect kept, padded right "
+        "and bottom, as text recognisers expect); center_crop",
+    )
+    init.add_argument("--pad-value", type=_byte, default=114, help="letterbox/pad pixel value 0..255 (default 114)")
+    init.add_argument(
+        "--input-shape",
+        type=_shape_pin,
+        action="append",
+        default=[],
+        metavar="NAME=SIZES",
+        help="pin a model input's free dimensions, e.g. x=1,3,48,192 (repeat per input; the file is unchanged)",
+    )
     init.add_argument("--channels", help="sensor channel names, comma-separated, in model order")
     init.add_argument("--top-k", type=int, default=5, help="classification: labels reported")
     init.add_argument(
@@ -79,7 +142,15 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     init.add_argument("--threshold", type=float, help="anomaly: score threshold (default: from the samples)")
     init.add_argument("--golden", type=int, default=4, help="golden cases to store (default 4)")
     init.add_argument(
-        "--tolerance", type=float, help="golden tolerance (default: from the output quantization)"
+        "--tolerance",
+        type=float,
+        help="one absolute golden limit for every output (default: a limit per output, from its own range)",
+    )
+    init.add_argument(
+        "--rtol",
+        type=_share,
+        default=0.02,
+        help="per-output golden limit as a share of each output's range over the samples (default 0.02)",
     )
     init.set_defaults(handler=run_init)
 
@@ -96,13 +167,23 @@ def _tensor_rows(kind: str, specs: tuple[TensorSpec, ...]) -> list[list[Any]]:
 def run_inspect(args: argparse.Namespace) -> int:
     """Prints the manifest and the model's tensors."""
     manifest = read_manifest(args.bundle)
-    backend = open_backend(args.bundle / manifest.model, RuntimeOptions(), manifest.runtime)
+    backend = open_backend(
+        args.bundle / manifest.model, RuntimeOptions(), manifest.runtime, manifest.input_shapes
+    )
     rows = _tensor_rows("input", backend.inputs) + _tensor_rows("output", backend.outputs)
+    weights = weight_info(args.bundle / manifest.model)
     if args.json:
         print_json(
             {
                 "manifest": manifest.to_json_dict(),
                 "runtime": backend.detail,
+                "weights": {
+                    "precision": weights.precision,
+                    "bytes_by_type": weights.bytes_by_type,
+                    "dequantize_ops": weights.dequantize_ops,
+                    "integer_ops": weights.quantized_ops,
+                    "note": weights.note,
+                },
                 "tensors": [
                     dict(zip(["kind", "name", "dtype", "shape", "quantization"], r, strict=True))
                     for r in rows
@@ -118,14 +199,21 @@ def run_inspect(args: argparse.Namespace) -> int:
     if manifest.description:
         out.print(manifest.description)
     out.print(table(None, ["", "tensor", "dtype", "shape", "quantization (from the model)"], rows))
+    out.print(f"weights: {weights.describe()}")
+    for name, shape in manifest.input_shapes.items():
+        out.print(f"pinned shape: input '{name}' {list(shape)} (set at load; the model file has free sizes)")
     out.print(f"input contract: {manifest.input.model_dump()}")
     out.print(f"output decoding: {manifest.output.model_dump()}")
     for budget in manifest.latency_budgets:
         out.print(f"latency budget: {budget.device_class} invoke p99 <= {budget.p99_ms:g} ms")
     golden = manifest.golden
-    out.print(
-        f"golden: {len(golden.cases)} cases, tolerance {golden.tolerance:g}" if golden else "golden: none"
-    )
+    if golden is None:
+        out.print("golden: none")
+    elif golden.outputs:
+        limits = ", ".join(f"{o.name or i} {o.allowed:.4g}" for i, o in enumerate(golden.outputs))
+        out.print(f"golden: {len(golden.cases)} cases, a limit per output: {limits}")
+    else:
+        out.print(f"golden: {len(golden.cases)} cases, tolerance {golden.tolerance:g} on every output")
     out.print(
         table(
             None,
@@ -154,7 +242,21 @@ def run_verify(args: argparse.Namespace) -> int:
                 "passed": ok,
                 "tolerance": report.tolerance,
                 "worst_deviation": report.worst,
-                "cases": [vars(case) for case in report.cases],
+                "cases": [
+                    {
+                        "input": case.input,
+                        "max_deviation": case.max_deviation,
+                        "passed": case.passed,
+                        "note": case.note,
+                        "error": case.error,
+                        "failure": case.failure,
+                        "outputs": [
+                            {"name": o.name, "deviation": o.deviation, "allowed": o.allowed, "passed": o.passed}
+                            for o in case.outputs
+                        ],
+                    }
+                    for case in report.cases
+                ],
             }
         )
         return 0 if ok else 1
@@ -164,13 +266,16 @@ def run_verify(args: argparse.Namespace) -> int:
         out.print("golden self-test: FAIL (the bundle has no golden cases)")
         return 1
     rows = [
-        [c.input, c.max_deviation, "pass" if c.passed else "FAIL", c.error or c.note] for c in report.cases
+        [c.input, c.max_deviation, "pass" if c.passed else "FAIL", c.failure or c.note] for c in report.cases
     ]
     out.print(table(None, ["golden case", "max deviation", "", "note"], rows))
     verdict = "PASS" if ok else "FAIL"
-    out.print(
-        f"golden self-test: {verdict}, worst deviation {report.worst:.4g} (tolerance {report.tolerance:.4g})"
+    limit = (
+        "a limit per output"
+        if manifest.golden is not None and manifest.golden.outputs
+        else f"tolerance {report.tolerance:.4g}"
     )
+    out.print(f"golden self-test: {verdict}, worst deviation {report.worst:.4g} ({limit})")
     return 0 if ok else 1
 
 
@@ -200,8 +305,19 @@ def run_init(args: argparse.Namespace) -> int:
     if args.out.exists() and any(args.out.iterdir()):
         raise ManifestError(f"{args.out} exists and is not empty; choose a new folder")
     channels = tuple(c.strip() for c in args.channels.split(",")) if args.channels else None
-    hints = InputHints(color=args.color, mean=args.mean, std=args.std, resize=args.resize, channels=channels)
+    hints = InputHints(
+        color=args.color,
+        mean=args.mean,
+        std=args.std,
+        resize=args.resize,
+        pad_value=args.pad_value,
+        channels=channels,
+    )
     backend = open_backend(args.model_file)
+    pins = pins_for(backend.inputs, args.input_shape)
+    if pins:
+        backend.close()
+        backend = open_backend(args.model_file, shapes=pins)
     shape_contract = draft_input(backend.inputs[0], hints, [], []) if len(backend.inputs) == 1 else None
     backend.close()
     if shape_contract is None:
@@ -230,7 +346,9 @@ def run_init(args: argparse.Namespace) -> int:
         output=output,
         golden_count=args.golden,
         tolerance=args.tolerance,
+        rtol=args.rtol,
         features=feature_table,
+        input_shapes=pins,
     )
     out = console()
     manifest = report.manifest

@@ -304,7 +304,7 @@ class ActivationService:
             golden_failed=len(failed),
             golden_worst=report.worst,
             tolerance=report.tolerance,
-            golden_error=failed[0].error if failed else None,
+            golden_error=failed[0].failure if failed else None,
             latency_p95_ms=p95_ms,
             budget_ms=self._budget(candidate),
             thresholds=record.thresholds,

@@ -75,7 +75,7 @@ def self_test(model: Model) -> None:
         return
     failed = [case for case in report.cases if not case.passed]
     first = failed[0]
-    why = first.error or f"deviation {first.max_deviation:.4g} > tolerance {report.tolerance:.4g}"
+    why = first.failure or f"deviation {first.max_deviation:.4g} > tolerance {report.tolerance:.4g}"
     raise ModelError(
         f"model {model.name} v{model.version} fails its golden self-test here: {len(failed)} of "
         f"{len(report.cases)} cases ({first.input}: {why})"

@@ -108,7 +108,7 @@ def _drift_note(model_dir: Path, reference: str | None) -> str:
 def _failure(report: GoldenReport) -> str:
     failed = [case for case in report.cases if not case.passed]
     case = failed[0]
-    why = case.error or f"deviation {case.max_deviation:.3g} over the tolerance {report.tolerance:g}"
+    why = case.failure or f"deviation {case.max_deviation:.3g} over the tolerance {report.tolerance:g}"
     more = f" (and {len(failed) - 1} more case(s))" if len(failed) > 1 else ""
     return f"{case.input}: {why}{more}"
 

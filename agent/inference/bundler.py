@@ -38,7 +38,7 @@ from agent.inference.model import Model
 from agent.inference.options import RuntimeOptions
 from agent.inference.reference import compute_reference
 from agent.inference.results import AnomalyResult, ClassificationResult, Result
-from agent.inference.runtimes import TensorSpec, open_backend, runtime_for
+from agent.inference.runtimes import Shapes, TensorSpec, open_backend, runtime_for
 from agent.types import int_range
 
 FeatureHook = Callable[
@@ -55,6 +55,7 @@ class InputHints:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     resize: str = "stretch"
+    pad_value: int = 114
     channels: tuple[str, ...] | None = None
 
 
@@ -75,6 +76,10 @@ def _range_from_quantization(spec: TensorSpec) -> tuple[float, float] | None:
     return (low - quant.zero_point) * quant.scale, (high - quant.zero_point) * quant.scale
 
 
+def _dims(shape: Sequence[int]) -> str:
+    return "[" + ",".join("?" if d < 0 else str(d) for d in shape) + "]"
+
+
 def draft_input(
     spec: TensorSpec, hints: InputHints, samples: Sequence[np.ndarray], review: list[str]
 ) -> InputContract:
@@ -85,8 +90,10 @@ def draft_input(
         height, width = (shape[2], shape[3]) if nchw else (shape[1], shape[2])
         channels = shape[1] if nchw else shape[3]
         if height <= 0 or width <= 0:
+            pin = ",".join(str(d) if d > 0 else "N" for d in (1, *shape[1:]))
             raise ManifestError(
-                f"input '{spec.name}' has a dynamic size {list(spec.shape)}; give a fixed-size model"
+                f"input '{spec.name}' has a free size {_dims(spec.shape)}: pin it, e.g. "
+                f"--input-shape {spec.name}={pin} with the N the model was trained for"
             )
         color = "GRAY" if channels == 1 else hints.color
         mean, std = hints.mean, hints.std
@@ -116,6 +123,7 @@ def draft_input(
             resize=hints.resize,
             mean=mean,
             std=std,
+            pad_value=hints.pad_value,
         )
     if len(shape) == 3 and shape[1] > 0 and shape[2] > 0:
         names = hints.channels
@@ -187,10 +195,29 @@ def _pick_golden(results: Sequence[Result], count: int) -> list[int]:
     return order[:count]
 
 
-def _default_tolerance(expected: Sequence[Sequence[np.ndarray]], outputs: Sequence[TensorSpec]) -> float:
-    steps = [s.quantization.scale for s in outputs if s.quantization is not None and s.dtype.kind in "iu"]
-    spread = max((float(np.ptp(a)) for case in expected for a in case if a.size), default=1.0)
-    return max(4 * max(steps, default=0.0), 0.02 * spread, 1e-4)
+def output_limits(
+    outputs: Sequence[Sequence[np.ndarray]], specs: Sequence[TensorSpec], rtol: float = 0.02
+) -> list[dict[str, Any]]:
+    """Per-output golden limits from the outputs of every sample: `rtol` of each output's own range, plus an
+    absolute part of 4 quantization steps for an integer output (a float floor otherwise)."""
+    limits = []
+    for index, spec in enumerate(specs):
+        values = [np.asarray(case[index], np.float64) for case in outputs if case[index].size]
+        low = min((float(v.min()) for v in values), default=0.0)
+        high = max((float(v.max()) for v in values), default=0.0)
+        largest = max(abs(low), abs(high))
+        quant = spec.quantization
+        step = quant.scale if quant is not None and spec.dtype.kind in "iu" else 0.0
+        atol = max(4 * step, 1e-4, 1e-5 * largest)
+        limits.append(
+            {
+                "name": spec.name,
+                "atol": float(f"{atol:.6g}"),
+                "rtol": rtol,
+                "range": float(f"{high - low:.6g}"),
+            }
+        )
+    return limits
 
 
 def _manifest(base: dict[str, Any], folder: Path) -> Manifest:
@@ -216,10 +243,12 @@ def init_bundle(
     output: dict[str, Any] | None = None,
     golden_count: int = 4,
     tolerance: float | None = None,
+    rtol: float = 0.02,
     description: str = "",
     latency_budgets: Sequence[dict[str, Any]] = (),
     options: RuntimeOptions | None = None,
     features: FeatureHook | None = None,
+    input_shapes: Shapes | None = None,
 ) -> InitReport:
     """Writes a complete, verified bundle folder at `out` from a model file and sample inputs.
 
@@ -249,10 +278,12 @@ def init_bundle(
             output=output,
             golden_count=golden_count,
             tolerance=tolerance,
+            rtol=rtol,
             description=description,
             latency_budgets=latency_budgets,
             options=options,
             features=features,
+            input_shapes=dict(input_shapes or {}),
         )
         if out.exists():
             out.rmdir()
@@ -279,20 +310,25 @@ def _build(
     output: dict[str, Any] | None,
     golden_count: int,
     tolerance: float | None,
+    rtol: float,
     description: str,
     latency_budgets: Sequence[dict[str, Any]],
     options: RuntimeOptions | None,
     features: FeatureHook | None = None,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> InitReport:
     model_name = f"model{model_file.suffix.lower()}"
     runtime_for(model_file)
     shutil.copyfile(model_file, work / model_name)
-    backend = open_backend(work / model_name, options)
+    input_shapes = input_shapes or {}
+    backend = open_backend(work / model_name, options, shapes=input_shapes)
     review: list[str] = []
     if len(backend.inputs) != 1:
         raise ManifestError(
             f"the model has {len(backend.inputs)} inputs; edge-agent feeds models with one input"
         )
+    for pinned_name, pinned in input_shapes.items():
+        review.append(f"input '{pinned_name}' pinned to {list(pinned)} at load (the model file is unchanged)")
     contract = input_contract or draft_input(backend.inputs[0], hints, samples, review)
     base: dict[str, Any] = {
         "schema": 1,
@@ -302,6 +338,7 @@ def _build(
         "task": task,
         "model": model_name,
         "input": contract.model_dump(),
+        "input_shapes": {name: list(shape) for name, shape in input_shapes.items()},
         "latency_budgets": list(latency_budgets),
         "output": draft_output(task, output, backend.inputs, backend.outputs),
     }
@@ -319,14 +356,13 @@ def _build(
         results = [model.infer(sample) for sample in samples]
     golden_dir = work / "golden"
     golden_dir.mkdir()
-    cases, expected_all = [], []
+    cases = []
     for number, index in enumerate(_pick_golden(results, golden_count)):
         stored = _save_input(golden_dir, f"case{number}", contract, samples[index])
         reloaded = load_inputs(golden_dir / stored, contract)[0][1]
         expected = expected_outputs(model, reloaded)
         arrays: dict[str, Any] = {f"output_{i}": a for i, a in enumerate(expected)}
         np.savez(golden_dir / f"case{number}.expected.npz", **arrays)
-        expected_all.append(expected)
         cases.append(
             {
                 "input": f"golden/{stored}",
@@ -334,8 +370,14 @@ def _build(
                 "note": results[index].summary(),
             }
         )
-    tol = tolerance if tolerance is not None else _default_tolerance(expected_all, backend.outputs)
-    base["golden"] = {"tolerance": tol, "cases": cases}
+    if tolerance is not None:  # the caller's one absolute limit for every output
+        base["golden"] = {"tolerance": tolerance, "cases": cases}
+    else:
+        every = [expected_outputs(model, sample) for sample in samples]
+        limits = output_limits(every, backend.outputs, rtol)
+        widest = max(limit["atol"] + limit["rtol"] * limit["range"] for limit in limits)
+        # `tolerance` (the widest limit) is what agents made before per-output limits read
+        base["golden"] = {"tolerance": float(f"{widest:.6g}"), "outputs": limits, "cases": cases}
     reference = compute_reference(contract, task, samples, results)
     if features is not None:
         reference.features = features(contract, task, tuple(labels or ()), samples, results)

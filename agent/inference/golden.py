@@ -12,6 +12,20 @@ from agent.inference.model import Model
 
 
 @dataclass(frozen=True)
+class OutputDeviation:
+    """One output of one golden case: its largest deviation and the limit on it."""
+
+    name: str
+    deviation: float
+    allowed: float
+
+    @property
+    def passed(self) -> bool:
+        """Within the limit."""
+        return self.deviation <= self.allowed
+
+
+@dataclass(frozen=True)
 class CaseReport:
     """One golden case: its largest deviation, or the error that stopped it."""
 
@@ -20,13 +34,27 @@ class CaseReport:
     passed: bool
     note: str = ""
     error: str | None = None
+    outputs: tuple[OutputDeviation, ...] = ()
+
+    @property
+    def failure(self) -> str | None:
+        """Why the case failed, in one line (None when it passed)."""
+        if self.passed:
+            return None
+        if self.error:
+            return self.error
+        worst = max(self.outputs, key=lambda o: o.deviation / o.allowed, default=None)
+        if worst is None:
+            return f"deviation {self.max_deviation:.4g}"
+        return f"output '{worst.name}' deviates {worst.deviation:.4g}, over its limit {worst.allowed:.4g}"
 
 
 @dataclass(frozen=True)
 class GoldenReport:
-    """All golden cases of a bundle against its tolerance."""
+    """All golden cases of a bundle against its limits."""
 
     tolerance: float
+    """The widest limit on any output (the one limit of a bundle without per-output limits)."""
     cases: tuple[CaseReport, ...]
 
     @property
@@ -47,10 +75,11 @@ def expected_outputs(model: Model, data: np.ndarray) -> list[np.ndarray]:
 
 
 def run_golden(model: Model) -> GoldenReport:
-    """Runs every golden case of the model's bundle."""
+    """Runs every golden case of the model's bundle; each output is held to its own limit."""
     golden = model.manifest.golden
     if golden is None:
         return GoldenReport(0.0, ())
+    names = [spec.name for spec in model.backend.outputs]
     reports = []
     for case in golden.cases:
         try:
@@ -60,15 +89,20 @@ def run_golden(model: Model) -> GoldenReport:
                 expected = [stored[f"output_{i}"] for i in range(len(stored.files))]
             if len(expected) != len(outputs):
                 raise AgentError(f"expected {len(expected)} outputs, the model gives {len(outputs)}")
-            deviation = 0.0
-            for got, want in zip(outputs, expected, strict=True):
+            deviations = []
+            for index, (got, want) in enumerate(zip(outputs, expected, strict=True)):
                 if got.shape != want.shape:
                     raise AgentError(
                         f"output shape {list(got.shape)} differs from expected {list(want.shape)}"
                     )
-                if got.size:
-                    deviation = max(deviation, float(np.max(np.abs(got.astype(np.float64) - want))))
-            reports.append(CaseReport(case.input, deviation, deviation <= golden.tolerance, case.note))
+                moved = float(np.max(np.abs(got.astype(np.float64) - want))) if got.size else 0.0
+                if not np.isfinite(moved):
+                    moved = float("inf")
+                deviations.append(OutputDeviation(names[index], moved, golden.allowed(index)))
+            worst = max((d.deviation for d in deviations), default=0.0)
+            passed = all(d.passed for d in deviations)
+            reports.append(CaseReport(case.input, worst, passed, case.note, None, tuple(deviations)))
         except (AgentError, OSError, KeyError, ValueError) as error:
             reports.append(CaseReport(case.input, float("inf"), False, case.note, str(error)))
-    return GoldenReport(golden.tolerance, tuple(reports))
+    widest = max((o.allowed for o in golden.outputs), default=golden.tolerance or 0.0)
+    return GoldenReport(widest, tuple(reports))

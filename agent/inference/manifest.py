@@ -53,8 +53,11 @@ class ImageInput(_Strict):
     color: Literal["RGB", "BGR", "GRAY"] = Field("RGB", description="Channel order the model was trained on.")
     width: int = Field(gt=0, le=8192, description="Model input width in pixels.")
     height: int = Field(gt=0, le=8192, description="Model input height in pixels.")
-    resize: Literal["stretch", "letterbox", "center_crop"] = Field(
-        "stretch", description="How a frame of another aspect ratio is fitted to the input size."
+    resize: Literal["stretch", "letterbox", "center_crop", "pad"] = Field(
+        "stretch",
+        description="How a frame of another aspect ratio is fitted to the input size: stretch; letterbox (keep "
+        "the aspect ratio, centred, padded around); pad (keep the aspect ratio, top-left, padded right and "
+        "bottom, as text recognisers expect); center_crop.",
     )
     interpolation: Literal["linear", "area", "nearest"] = Field("linear", description="Resize interpolation.")
     mean: tuple[float, ...] = Field(
@@ -63,7 +66,7 @@ class ImageInput(_Strict):
     std: tuple[float, ...] = Field(
         (1.0,), description="Per-channel std in 0..255 pixel units, model channel order."
     )
-    pad_value: int = Field(114, ge=0, le=255, description="Letterbox padding pixel value.")
+    pad_value: int = Field(114, ge=0, le=255, description="Padding pixel value of letterbox and pad.")
 
     @property
     def channels(self) -> int:
@@ -189,13 +192,51 @@ class GoldenCase(_Strict):
         return _check_relative(value)
 
 
+class OutputTolerance(_Strict):
+    """How far one output may move in the golden self-test: `atol + rtol * range`, `range` being the spread of
+    that output's values over the samples the bundle was made from (so a narrow output gets a narrow limit)."""
+
+    name: str = Field("", description="The output tensor's name (for reports).")
+    atol: float = Field(ge=0, description="Absolute part: the quantization step's share, or a float floor.")
+    rtol: float = Field(ge=0, le=1, description="Relative part, a share of this output's own range.")
+    range: float = Field(ge=0, description="max - min of this output over the samples.")
+
+    @property
+    def allowed(self) -> float:
+        """The largest absolute deviation allowed on this output."""
+        return self.atol + self.rtol * self.range
+
+
 class Golden(_Strict):
     """The golden self-test run before a model is activated."""
 
-    tolerance: float = Field(
-        gt=0, description="Largest absolute deviation allowed on any dequantized output value."
+    tolerance: float | None = Field(
+        None,
+        gt=0,
+        description="One absolute limit for every output (bundles made before per-output limits); `outputs` "
+        "takes precedence.",
+    )
+    outputs: tuple[OutputTolerance, ...] = Field(
+        (), description="One limit per model output, in output order."
     )
     cases: tuple[GoldenCase, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> Golden:
+        if self.tolerance is None and not self.outputs:
+            raise ValueError("give per-output limits (`outputs`) or one `tolerance`")
+        if self.outputs and min(o.allowed for o in self.outputs) <= 0:
+            raise ValueError("every output's limit (atol + rtol * range) must be > 0")
+        return self
+
+    def allowed(self, index: int) -> float:
+        """The limit on output `index`."""
+        if self.outputs:
+            if index >= len(self.outputs):
+                raise ValueError(f"the golden limits name {len(self.outputs)} outputs, the model gives more")
+            return self.outputs[index].allowed
+        assert self.tolerance is not None
+        return self.tolerance
 
 
 class FileEntry(_Strict):
@@ -224,6 +265,11 @@ class Manifest(_Strict):
     labels: str | None = Field(None, description="Optional labels file, one label per line.")
     reference: str | None = Field(None, description="Optional drift reference statistics (reference.json).")
     input: InputContract
+    input_shapes: dict[str, tuple[int, ...]] = Field(
+        default_factory=dict,
+        description="Pinned shapes by input name for models with free (dynamic) dimensions, applied at load "
+        'without rewriting the model file, for example {"x": [1, 3, 48, 192]}.',
+    )
     output: OutputContract
     latency_budgets: tuple[LatencyBudget, ...] = ()
     golden: Golden | None = None
@@ -264,6 +310,16 @@ class Manifest(_Strict):
     def _check_optional_path(cls, value: str | None) -> str | None:
         return None if value is None else _check_relative(value)
 
+    @field_validator("input_shapes")
+    @classmethod
+    def _check_shapes(cls, value: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        for name, shape in value.items():
+            if not name:
+                raise ValueError("an input name is empty")
+            if not shape or any(size < 1 for size in shape):
+                raise ValueError(f"the shape pinned for input '{name}' must be sizes >= 1, got {list(shape)}")
+        return value
+
     @field_validator("files")
     @classmethod
     def _check_files(cls, value: dict[str, FileEntry]) -> dict[str, FileEntry]:
@@ -298,4 +354,13 @@ class Manifest(_Strict):
 
     def to_json_dict(self) -> dict[str, Any]:
         """The manifest as written to manifest.json."""
-        return self.model_dump(mode="json", by_alias=True, exclude_defaults=False)
+        data = self.model_dump(mode="json", by_alias=True, exclude_defaults=False)
+        # Fields that older agents do not know stay off the file when unused, so their bundles still load there.
+        if not data["input_shapes"]:
+            del data["input_shapes"]
+        golden = data.get("golden")
+        if golden is not None:
+            for key in ("outputs", "tolerance"):
+                if not golden[key]:
+                    del golden[key]
+        return data

@@ -54,7 +54,9 @@ class Model:
     ) -> None:
         self.bundle = bundle
         self.manifest = bundle.manifest
-        self.backend = backend or open_backend(bundle.model_path, options, self.manifest.runtime)
+        self.backend = backend or open_backend(
+            bundle.model_path, options, self.manifest.runtime, self.manifest.input_shapes
+        )
         self._invoke = self.backend.invoke
         try:
             self._check_contract()

@@ -125,9 +125,9 @@ class ImagePreprocessor:
             x0, y0 = (fw - cw) // 2, (fh - ch) // 2
             fmap = FrameMap(cw, x0, ch, y0, fw, fh)
             return fmap, (slice(y0, y0 + ch), slice(x0, x0 + cw)), (0, 0, w, h)
-        scale = min(w / fw, h / fh)  # letterbox
-        nw, nh = max(1, round(fw * scale)), max(1, round(fh * scale))
-        px, py = (w - nw) // 2, (h - nh) // 2
+        scale = min(w / fw, h / fh)  # letterbox and pad: the aspect ratio kept
+        nw, nh = min(w, max(1, round(fw * scale))), min(h, max(1, round(fh * scale)))
+        px, py = ((w - nw) // 2, (h - nh) // 2) if mode == "letterbox" else (0, 0)
         fmap = FrameMap(w / scale, -px / scale, h / scale, -py / scale, fw, fh)
         return fmap, (slice(None), slice(None)), (px, py, nw, nh)
 

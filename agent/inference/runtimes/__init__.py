@@ -13,12 +13,13 @@ from pathlib import Path
 from agent.errors import ModelError, RuntimeUnavailable
 from agent.inference.manifest import RUNTIME_BY_SUFFIX
 from agent.inference.options import RuntimeOptions
-from agent.inference.runtimes.base import Backend, Quantization, TensorSpec
+from agent.inference.runtimes.base import Backend, Quantization, Shapes, TensorSpec
 
 __all__ = [
     "RUNTIMES",
     "Backend",
     "Quantization",
+    "Shapes",
     "TensorSpec",
     "open_backend",
     "runtime_for",
@@ -50,8 +51,14 @@ def runtime_for(path: Path) -> str:
     return runtime
 
 
-def open_backend(path: Path, options: RuntimeOptions | None = None, runtime: str | None = None) -> Backend:
-    """Loads a model file in its runtime."""
+def open_backend(
+    path: Path,
+    options: RuntimeOptions | None = None,
+    runtime: str | None = None,
+    shapes: Shapes | None = None,
+) -> Backend:
+    """Loads a model file in its runtime; `shapes` pins the free dimensions of inputs by name (the model file is
+    not rewritten)."""
     name = runtime or runtime_for(path)
     entry = RUNTIMES.get(name)
     if entry is None:
@@ -59,7 +66,7 @@ def open_backend(path: Path, options: RuntimeOptions | None = None, runtime: str
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
     module = importlib.import_module(entry.module)
-    backend: Backend = getattr(module, entry.cls)(path, options or RuntimeOptions())
+    backend: Backend = getattr(module, entry.cls)(path, options or RuntimeOptions(), shapes or {})
     return backend
 
 

@@ -2,13 +2,44 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
+from agent.errors import ContractError
 from agent.types import Array
+
+Shapes = Mapping[str, tuple[int, ...]]
+"""Pinned input shapes by input name: fixed values for a model's free (dynamic) dimensions."""
+
+
+def check_pins(shapes: Shapes, model_shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Raises ContractError unless every pinned shape names a model input, has its rank, keeps its fixed
+    dimensions and gives each free one a size >= 1. `model_shapes` holds -1 for a free dimension."""
+    for name, pinned in shapes.items():
+        if name not in model_shapes:
+            known = ", ".join(f"'{n}'" for n in model_shapes)
+            raise ContractError(f"a shape is pinned for input '{name}', but the model's inputs are {known}")
+        shape = model_shapes[name]
+        if len(pinned) != len(shape):
+            raise ContractError(
+                f"input '{name}' has {len(shape)} dimensions {_dims(shape)}; the pinned shape {list(pinned)} has "
+                f"{len(pinned)}"
+            )
+        for axis, (fixed, want) in enumerate(zip(shape, pinned, strict=True)):
+            if want < 1:
+                raise ContractError(f"the pinned shape {list(pinned)} of input '{name}' has a size < 1")
+            if fixed >= 0 and fixed != want:
+                raise ContractError(
+                    f"input '{name}' has shape {_dims(shape)}: dimension {axis} is fixed at {fixed}, the pinned "
+                    f"shape {list(pinned)} says {want}"
+                )
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return "[" + ",".join("?" if d < 0 else str(d) for d in shape) + "]"
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ delegates. A model that needs an op the runtime lacks (a custom op, a Flex/Tenso
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,8 +16,11 @@ import numpy as np
 
 from agent.errors import ContractError, ModelError, RuntimeUnavailable
 from agent.inference.options import RuntimeOptions
-from agent.inference.runtimes.base import Quantization, TensorSpec
+from agent.inference.runtimes.base import Quantization, Shapes, TensorSpec, check_pins
+from agent.inference.runtimes.quiet import native_stderr_to_log
 from agent.types import Array
+
+log = logging.getLogger(__name__)
 
 INSTALL_HINT = "install it with `pip install ai-edge-litert` (or `tflite-runtime` on 32-bit ARM)"
 
@@ -55,7 +59,7 @@ def _load_error(path: Path, error: Exception) -> ModelError:
     return ModelError(f"{path.name}: LiteRT cannot load this model: {first}")
 
 
-def _spec(detail: dict[str, Any]) -> TensorSpec:
+def _spec(detail: dict[str, Any], resized: bool = False) -> TensorSpec:
     params = detail["quantization_parameters"]
     scales, zero_points = params["scales"], params["zero_points"]
     quantization = None
@@ -65,7 +69,9 @@ def _spec(detail: dict[str, Any]) -> TensorSpec:
         )
     if len(scales) == 1 and float(scales[0]) != 0.0:
         quantization = Quantization(float(scales[0]), int(zero_points[0]))
-    shape = tuple(int(d) for d in detail.get("shape_signature", detail["shape"]))
+    # After a resize the signature still says -1 where the pinned size now is: the allocated shape is the truth.
+    key = "shape" if resized else "shape_signature"
+    shape = tuple(int(d) for d in detail.get(key, detail["shape"]))
     return TensorSpec(detail["name"], shape, np.dtype(detail["dtype"]), quantization)
 
 
@@ -74,18 +80,37 @@ class LiteRTBackend:
 
     runtime = "litert"
 
-    def __init__(self, path: Path, options: RuntimeOptions) -> None:
+    def __init__(self, path: Path, options: RuntimeOptions, shapes: Shapes | None = None) -> None:
         interpreter_cls, resolver_type, package = import_interpreter()
         resolver = resolver_type.AUTO if options.xnnpack else resolver_type.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        shapes = shapes or {}
         try:
-            self._interpreter = interpreter_cls(
-                model_path=str(path), num_threads=options.num_threads, experimental_op_resolver_type=resolver
-            )
-            self._interpreter.allocate_tensors()
+            with native_stderr_to_log(log, f"LiteRT ({path.name})"):
+                self._interpreter = interpreter_cls(
+                    model_path=str(path),
+                    num_threads=options.num_threads,
+                    experimental_op_resolver_type=resolver,
+                )
+                if shapes:
+                    details = self._interpreter.get_input_details()
+                    check_pins(
+                        shapes,
+                        {
+                            d["name"]: tuple(int(v) for v in d.get("shape_signature", d["shape"]))
+                            for d in details
+                        },
+                    )
+                    for detail in details:
+                        if detail["name"] in shapes:
+                            self._interpreter.resize_tensor_input(
+                                detail["index"], list(shapes[detail["name"]]), strict=True
+                            )
+                self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as error:
             raise _load_error(path, error) from error
-        self.inputs = tuple(_spec(d) for d in self._interpreter.get_input_details())
-        self.outputs = tuple(_spec(d) for d in self._interpreter.get_output_details())
+        resized = bool(shapes)
+        self.inputs = tuple(_spec(d, resized) for d in self._interpreter.get_input_details())
+        self.outputs = tuple(_spec(d, resized) for d in self._interpreter.get_output_details())
         self._input_indices = [d["index"] for d in self._interpreter.get_input_details()]
         self._output_indices = [d["index"] for d in self._interpreter.get_output_details()]
         threads = options.num_threads or "auto"
