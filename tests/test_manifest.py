@@ -96,3 +96,28 @@ def test_detection_needs_an_image_input():
         task="detection", output={"format": "ssd"}, input={"kind": "window", "length": 10, "channels": ["x"]}
     )
     assert "detection model needs an image input" in error_text(data)
+
+
+def test_a_manifest_without_new_fields_is_written_without_them_for_older_agents():
+    written = Manifest.model_validate(GOOD).to_json_dict()
+    assert "input_shapes" not in written and "outputs" not in written["golden"]
+
+
+def test_pinned_input_shapes_round_trip_and_sizes_below_one_are_refused():
+    pinned = Manifest.model_validate(variant(input_shapes={"x": [1, 3, 48, 192]}))
+    assert pinned.input_shapes == {"x": (1, 3, 48, 192)}
+    assert Manifest.model_validate(pinned.to_json_dict()) == pinned
+    assert "input_shapes" in error_text(variant(input_shapes={"x": [1, 0, 48]}))
+    assert "input_shapes" in error_text(variant(input_shapes={"x": []}))
+
+
+def test_per_output_golden_limits_take_precedence_and_a_golden_without_any_limit_is_refused():
+    limits = [{"name": "probs", "atol": 0.001, "rtol": 0.02, "range": 1.0}]
+    golden = {**GOOD["golden"], "outputs": limits}
+    manifest = Manifest.model_validate(variant(golden=golden))
+    assert manifest.golden is not None and manifest.golden.allowed(0) == pytest.approx(0.021)
+    with pytest.raises(ValueError, match="limits name 1 outputs"):
+        manifest.golden.allowed(1)
+    assert "give per-output limits" in error_text(variant(golden={"cases": GOOD["golden"]["cases"]}))
+    zero = [{"atol": 0.0, "rtol": 0.0, "range": 1.0}]
+    assert "must be > 0" in error_text(variant(golden={"cases": GOOD["golden"]["cases"], "outputs": zero}))
