@@ -6,8 +6,12 @@
    the same thread count, in interleaved rounds so that machine noise hits both alike. Target: ratio <= 1.05.
 2. Pre-processing: a 640x480 BGR frame to a 224x224 INT8 NHWC input, the agent's buffer-reusing LUT path against a
    straightforward float implementation (resize, colour, normalise, quantize). Target: p50 < 0.5 ms.
+3. Quantization search (no target, a report): every float ONNX model under models/float/ whose bundle and held-out
+   samples are there, quantized by `agent.inference.quantize.quantize_search` in each default format, calibrated and
+   judged on the held-out samples pre-processed by the bundle's own manifest: invoke ms, speed against float,
+   agreement with float (top-1 for a classifier, the worst output correlation otherwise), and the format chosen.
 
-    .venv/bin/python scripts/bench_inference.py [--threads 1] [--rounds 15] [--calls 200]
+    .venv/bin/python scripts/bench_inference.py [--threads 1] [--rounds 15] [--calls 200] [--only quantize]
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +36,7 @@ from agent.inference.manifest import ImageInput  # noqa: E402
 from agent.inference.model import Model  # noqa: E402
 from agent.inference.options import RuntimeOptions  # noqa: E402
 from agent.inference.preprocess import ImagePreprocessor  # noqa: E402
+from agent.inference.quantize import TABLE_HEADER, QuantizeReport, quantize_search  # noqa: E402
 from agent.inference.runtimes.base import Quantization, TensorSpec  # noqa: E402
 
 OVERHEAD_TARGET = 1.05
@@ -124,38 +130,112 @@ def bench_preprocess(runs: int) -> tuple[float, float, float, float]:
     return agent.p50_ms, agent.p99_ms, naive.p50_ms, naive.p99_ms
 
 
+def quantize_samples(bundle: Path, floats: Path, count: int) -> list[np.ndarray]:
+    """The first `count` held-out inputs of a bundle, pre-processed by its manifest into float model tensors."""
+    model = Model.load(bundle, RuntimeOptions(num_threads=1, providers=("CPUExecutionProvider",)))
+    try:
+        with np.load(floats / f"{bundle.name}.eval.npz", allow_pickle=False) as data:
+            return [model.prepare(x).tensor.copy() for x in data["x"][:count]]
+    finally:
+        model.close()
+
+
+def bench_quantize(models: Path, threads: int, samples: int, rounds: int, calls: int) -> None:
+    """Runs the quantization search on each float ONNX model that has its bundle and samples; prints the tables."""
+    floats = models / "float"
+    print(
+        f"\nquantization search: {samples} held-out samples each, {threads} thread(s), "
+        f"{rounds} interleaved rounds x {calls} calls"
+    )
+    for source in sorted(floats.glob("*.onnx")):
+        bundle = models / source.stem
+        if not (bundle / "manifest.json").is_file() or not (floats / f"{source.stem}.eval.npz").is_file():
+            print(f"\n{source.name}: no bundle or no held-out samples, skipped")
+            continue
+        manifest = Model.load(bundle).manifest
+        classifier = manifest.task == "classification"
+        tensors = quantize_samples(bundle, floats, samples)
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="bench-quantize.") as work:
+            report = quantize_search(
+                source,
+                tensors,
+                Path(work),
+                metric="top1" if classifier else "correlation",
+                output_index=manifest.output.output_index if classifier else 0,
+                threads=threads,
+                rounds=rounds,
+                calls=calls,
+            )
+        print_quantize(source.name, report, time.perf_counter() - started)
+
+
+def print_quantize(name: str, report: QuantizeReport, seconds: float) -> None:
+    """One model's table: formats tried, invoke ms, speed against float, agreement, and the one chosen."""
+    print(
+        f"\n{name}: agreement {report.metric} >= {report.min_agreement:g}, {report.calibration} calibration, "
+        f"search {seconds:.1f} s; chosen: {report.chosen.candidate.name}"
+    )
+    line = "{:<28} {:>10} {:>9} {:>10}  {}"
+    print(line.format(*TABLE_HEADER))
+    for row in report.table_rows():
+        print(line.format(*row))
+
+
 def main() -> int:
-    """Prints both tables and whether the targets are met; exit status 1 when one is missed."""
+    """Prints the tables and whether the targets are met; exit status 1 when one is missed."""
     parser = argparse.ArgumentParser(description="agent inference paths vs the bare runtimes")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--models", type=Path, default=ROOT / "models")
+    parser.add_argument(
+        "--only", choices=("overhead", "preprocess", "quantize"), help="run one section (default: all three)"
+    )
+    parser.add_argument("--quantize-samples", type=int, default=64, help="held-out samples per model")
+    parser.add_argument("--quantize-rounds", type=int, default=7)
+    parser.add_argument("--quantize-calls", type=int, default=50)
     args = parser.parse_args()
     cv2.setNumThreads(1)
-    bundles = sorted(p.parent for p in args.models.glob("*/manifest.json"))
-    print(
-        f"invoke path vs bare runtime, {args.threads} thread(s), {args.rounds} interleaved rounds x {args.calls} calls"
-    )
+    ok_overhead = ok_pre = True
+    if args.only in (None, "overhead"):
+        ok_overhead = report_overhead(args.models, args.threads, args.rounds, args.calls)
+    if args.only in (None, "preprocess"):
+        ok_pre = report_preprocess()
+    if args.only in (None, "quantize"):
+        bench_quantize(
+            args.models, args.threads, args.quantize_samples, args.quantize_rounds, args.quantize_calls
+        )
+    return 0 if ok_overhead and ok_pre else 1
+
+
+def report_overhead(models: Path, threads: int, rounds: int, calls: int) -> bool:
+    """Prints the invoke-overhead table; whether the target is met."""
+    bundles = sorted(p.parent for p in models.glob("*/manifest.json"))
+    print(f"invoke path vs bare runtime, {threads} thread(s), {rounds} interleaved rounds x {calls} calls")
     print(f"{'model':<28} {'bare ms':>9} {'agent ms':>9} {'ratio':>7}")
     worst = 0.0
     for bundle in bundles:
-        name, bare_ms, agent_ms, ratio = bench_overhead(bundle, args.threads, args.rounds, args.calls)
+        name, bare_ms, agent_ms, ratio = bench_overhead(bundle, threads, rounds, calls)
         worst = max(worst, ratio)
         print(f"{name:<28} {bare_ms:>9.4f} {agent_ms:>9.4f} {ratio:>7.3f}")
+    ok = worst <= OVERHEAD_TARGET
+    print(
+        f"target invoke overhead <= {OVERHEAD_TARGET:.2f}: worst {worst:.3f} -> {'met' if ok else 'MISSED'}"
+    )
+    return ok
+
+
+def report_preprocess() -> bool:
+    """Prints the pre-processing table; whether the target is met."""
     a50, a99, n50, n99 = bench_preprocess(2000)
     print("\npre-process 640x480 BGR -> 224x224 INT8 NHWC (2000 frames, cv2 1 thread)")
     print(f"{'path':<28} {'p50 ms':>9} {'p99 ms':>9}")
     print(f"{'agent (LUT, reused buffers)':<28} {a50:>9.4f} {a99:>9.4f}")
     print(f"{'naive float path':<28} {n50:>9.4f} {n99:>9.4f}   agent/naive p50 ratio {a50 / n50:.2f}")
-    ok_overhead, ok_pre = worst <= OVERHEAD_TARGET, a50 < PREPROCESS_TARGET_MS
-    print(
-        f"\ntarget invoke overhead <= {OVERHEAD_TARGET:.2f}: worst {worst:.3f} -> {'met' if ok_overhead else 'MISSED'}"
-    )
-    print(
-        f"target pre-process p50 < {PREPROCESS_TARGET_MS} ms: {a50:.3f} ms -> {'met' if ok_pre else 'MISSED'}"
-    )
-    return 0 if ok_overhead and ok_pre else 1
+    ok = a50 < PREPROCESS_TARGET_MS
+    print(f"target pre-process p50 < {PREPROCESS_TARGET_MS} ms: {a50:.3f} ms -> {'met' if ok else 'MISSED'}")
+    return ok
 
 
 if __name__ == "__main__":
