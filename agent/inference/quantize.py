@@ -433,8 +433,11 @@ def quantize_search(
     rounds: int = 5,
     calls: int = 20,
     progress: Callable[[str], None] | None = None,
+    evaluation: Sequence[Array] | None = None,
 ) -> QuantizeReport:
-    """Quantizes the float model in each candidate format and chooses the fastest that keeps agreement."""
+    """Quantizes the float model in each candidate format and chooses the fastest that keeps agreement.
+
+    `samples` calibrate; `evaluation` (default: the samples) judge agreement and are timed."""
     say = progress or (lambda _message: None)
     if threads is not None and not 1 <= threads <= 64:
         raise InputError(f"threads must be between 1 and 64 (got {threads})")
@@ -457,8 +460,9 @@ def quantize_search(
             shutil.copyfile(model_file, float_copy)
         reference.backend = open_backend(float_copy, options, "onnxruntime")
         samples = _checked_samples(reference.backend, samples)
-        say(f"float model on {len(samples)} sample(s)")
-        reference.run_all(samples)
+        judged = samples if evaluation is None else _checked_samples(reference.backend, evaluation)
+        say(f"float model on {len(judged)} sample(s)")
+        reference.run_all(judged)
         reference.agreement = 1.0
         if metric == "top1" and not 0 <= output_index < len(reference.outputs[0]):
             raise InputError(
@@ -498,10 +502,10 @@ def quantize_search(
             build = partial(
                 _build, quantization, prepared, candidate=candidate, reader=reader, calibration=calibration
             )
-            _try(run, build, work / f"{slug}.onnx", options, samples)
+            _try(run, build, work / f"{slug}.onnx", options, judged)
             if run.error is None:
                 run.agreement = agree(run.outputs)
-        _time_rounds(runs, samples, rounds, calls, say)
+        _time_rounds(runs, judged, rounds, calls, say)
     finally:
         for run in runs:
             if run.backend is not None:
