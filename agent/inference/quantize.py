@@ -169,8 +169,12 @@ def _replace_into(out: Path, write: Callable[[Path], None]) -> None:
         temp.unlink(missing_ok=True)
 
 
-def prepare_float_model(source: Path, out: Path) -> list[str]:
-    """Writes a copy of the float model ready for quantization to `out`; returns notes of what was done."""
+def prepare_float_model(source: Path, out: Path, input_shape: Sequence[int] | None = None) -> list[str]:
+    """Writes a copy of the float model ready for quantization to `out`; returns notes of what was done.
+
+    `input_shape` fixes the free dimensions of the (one) input in the copy, the shape the samples have: symbolic
+    shape inference fails on some exporters' unnamed dimensions, and a pinned model runs at that shape anyway. When
+    pre-processing fails all the same, the copy is quantized without it (and the note says so)."""
     quantization = _quantization_tools()
     import onnx
     from onnx import version_converter
@@ -189,23 +193,42 @@ def prepare_float_model(source: Path, out: Path) -> list[str]:
                 f"{source.name}: cannot convert opset {opset} to {MIN_OPSET}: {_one_line(error)}"
             ) from error
         notes.append(f"opset {opset} converted to {MIN_OPSET}")
+    if input_shape is not None and len(model.graph.input) >= 1:
+        dims = model.graph.input[0].type.tensor_type.shape.dim
+        if len(dims) == len(input_shape) and any(not d.HasField("dim_value") for d in dims):
+            for dim, size in zip(dims, input_shape, strict=True):
+                if not dim.HasField("dim_value"):
+                    dim.dim_value = int(size)
+            notes.append(f"input '{model.graph.input[0].name}' fixed at {list(input_shape)} for quantization")
     moved = _constants_to_initializers(model)
     if moved:
         notes.append(
             f"{moved} Constant node(s) moved to initializers (the quantizer skips Constant-node weights)"
         )
 
-    def pre_process(temp: Path) -> None:
+    def pre_process(temp: Path, symbolic: bool = True) -> None:
         with tempfile.TemporaryDirectory(prefix=".prepare.", dir=out.parent) as scratch:
             rewritten = Path(scratch) / "rewritten.onnx"
             onnx.save(model, str(rewritten))
-            quantization.quant_pre_process(str(rewritten), str(temp))
+            quantization.quant_pre_process(str(rewritten), str(temp), skip_symbolic_shape=not symbolic)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         _replace_into(out, pre_process)
     except Exception as error:  # shape inference and the optimiser raise whatever they meet
-        raise ModelError(f"{source.name}: quantization pre-processing failed: {_one_line(error)}") from error
+        why = _one_line(error) if str(error).strip() else type(error).__name__
+        try:  # ONNX's own shape inference and the optimiser, without the symbolic pass that failed
+            _replace_into(out, partial(pre_process, symbolic=False))
+            notes.append(f"symbolic shape inference failed ({why}): ONNX shape inference and optimisation only")
+            return notes
+        except Exception:  # the fallback below says what happened
+            pass
+        try:
+            _replace_into(out, lambda temp: onnx.save(model, str(temp)))
+        except Exception as again:  # a model onnx cannot even serialise again
+            raise ModelError(f"{source.name}: cannot write the prepared copy: {_one_line(again)}") from again
+        notes.append(f"quant_pre_process failed ({why}): quantized without shape inference and optimisation")
+        return notes
     notes.append("shape inference and graph optimisation (quant_pre_process)")
     return notes
 
@@ -480,7 +503,7 @@ def quantize_search(
         notes: tuple[str, ...] = ()
         prepare_error: str | None = None
         try:
-            notes = tuple(prepare_float_model(model_file, prepared))
+            notes = tuple(prepare_float_model(model_file, prepared, samples[0].shape))
         except ModelError as error:
             prepare_error = f"preparing the float model failed: {error}"
         name = reference.backend.inputs[0].name
