@@ -30,6 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from agent.cli.quantize_cmd import agreement_for, prepared_inputs, quiet_quantizer  # noqa: E402
 from agent.inference.bench import latency_stats  # noqa: E402
 from agent.inference.inputs import synthetic_input  # noqa: E402
 from agent.inference.manifest import ImageInput  # noqa: E402
@@ -130,18 +131,9 @@ def bench_preprocess(runs: int) -> tuple[float, float, float, float]:
     return agent.p50_ms, agent.p99_ms, naive.p50_ms, naive.p99_ms
 
 
-def quantize_samples(bundle: Path, floats: Path, count: int) -> list[np.ndarray]:
-    """The first `count` held-out inputs of a bundle, pre-processed by its manifest into float model tensors."""
-    model = Model.load(bundle, RuntimeOptions(num_threads=1, providers=("CPUExecutionProvider",)))
-    try:
-        with np.load(floats / f"{bundle.name}.eval.npz", allow_pickle=False) as data:
-            return [model.prepare(x).tensor.copy() for x in data["x"][:count]]
-    finally:
-        model.close()
-
-
 def bench_quantize(models: Path, threads: int, samples: int, rounds: int, calls: int) -> None:
-    """Runs the quantization search on each float ONNX model that has its bundle and samples; prints the tables."""
+    """Runs the quantization search on each float ONNX model that has its bundle and held-out inputs, judged as
+    `edge-agent model quantize` judges (top-1 label, matched detections, output correlation); prints the tables."""
     floats = models / "float"
     print(
         f"\nquantization search: {samples} held-out samples each, {threads} thread(s), "
@@ -152,28 +144,31 @@ def bench_quantize(models: Path, threads: int, samples: int, rounds: int, calls:
         if not (bundle / "manifest.json").is_file() or not (floats / f"{source.stem}.eval.npz").is_file():
             print(f"\n{source.name}: no bundle or no held-out samples, skipped")
             continue
-        manifest = Model.load(bundle).manifest
-        classifier = manifest.task == "classification"
-        tensors = quantize_samples(bundle, floats, samples)
-        started = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="bench-quantize.") as work:
-            report = quantize_search(
-                source,
-                tensors,
-                Path(work),
-                metric="top1" if classifier else "correlation",
-                output_index=manifest.output.output_index if classifier else 0,
-                threads=threads,
-                rounds=rounds,
-                calls=calls,
-            )
-        print_quantize(source.name, report, time.perf_counter() - started)
+        model = Model.load(bundle, RuntimeOptions(num_threads=1, providers=("CPUExecutionProvider",)))
+        try:
+            with np.load(floats / f"{bundle.name}.eval.npz", allow_pickle=False) as data:
+                prepared = prepared_inputs(model, list(data["x"][:samples]))
+            metric, what = agreement_for(model, prepared)
+            started = time.perf_counter()
+            with tempfile.TemporaryDirectory(prefix="bench-quantize.") as work, quiet_quantizer():
+                report = quantize_search(
+                    source,
+                    [p.tensor for p in prepared],
+                    Path(work),
+                    metric=metric,
+                    threads=threads,
+                    rounds=rounds,
+                    calls=calls,
+                )
+        finally:
+            model.close()
+        print_quantize(source.name, report, what, time.perf_counter() - started)
 
 
-def print_quantize(name: str, report: QuantizeReport, seconds: float) -> None:
+def print_quantize(name: str, report: QuantizeReport, what: str, seconds: float) -> None:
     """One model's table: formats tried, invoke ms, speed against float, agreement, and the one chosen."""
     print(
-        f"\n{name}: agreement {report.metric} >= {report.min_agreement:g}, {report.calibration} calibration, "
+        f"\n{name}: agreement = {what} >= {report.min_agreement:g}, {report.calibration} calibration, "
         f"search {seconds:.1f} s; chosen: {report.chosen.candidate.name}"
     )
     line = "{:<28} {:>10} {:>9} {:>10}  {}"

@@ -94,7 +94,7 @@ def add_parser(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     quantize.set_defaults(handler=run_quantize)
 
 
-def _prepared(model: Model, samples: Sequence[np.ndarray]) -> list[Prepared]:
+def prepared_inputs(model: Model, samples: Sequence[np.ndarray]) -> list[Prepared]:
     """Each sample pre-processed, copied out of the pre-processor's reused buffer."""
     out = []
     for sample in samples:
@@ -104,7 +104,7 @@ def _prepared(model: Model, samples: Sequence[np.ndarray]) -> list[Prepared]:
     return out
 
 
-def _metric(model: Model, prepared: Sequence[Prepared]) -> tuple[Metric | AgreementFn, str]:
+def agreement_for(model: Model, prepared: Sequence[Prepared]) -> tuple[Metric | AgreementFn, str]:
     """The agreement the task implies, and its name for the report."""
     task = model.manifest.task
     if task in ("classification", "detection"):
@@ -123,7 +123,7 @@ def _metric(model: Model, prepared: Sequence[Prepared]) -> tuple[Metric | Agreem
 
 
 @contextlib.contextmanager
-def _quiet_quantizer() -> Iterator[None]:
+def quiet_quantizer() -> Iterator[None]:
     """onnxruntime's quantizer warns on the root logger about the formats it is asked to try: to the debug log."""
     root = logging.getLogger()
     level = root.level
@@ -171,13 +171,13 @@ def _search(args: argparse.Namespace, draft: Draft, work: Path) -> tuple[Quantiz
     draft.write(args, args.model_file, float_bundle)  # the contract and decoders, to prepare and judge
     model = Model.load(float_bundle, RuntimeOptions(num_threads=args.threads))
     try:
-        calibration = _prepared(model, draft.samples)
+        calibration = prepared_inputs(model, draft.samples)
         evaluation = calibration
         if args.eval_samples:
-            evaluation = _prepared(model, load_samples(args.eval_samples, model.manifest.input))
-        metric, what = _metric(model, evaluation)
+            evaluation = prepared_inputs(model, load_samples(args.eval_samples, model.manifest.input))
+        metric, what = agreement_for(model, evaluation)
         say = (lambda _m: None) if args.json else (lambda message: print(f"  {message}", file=sys.stderr))
-        with _quiet_quantizer():
+        with quiet_quantizer():
             report = quantize_search(
                 args.model_file,
                 [p.tensor for p in calibration],
