@@ -3,7 +3,9 @@
 The runtimes' C++ code writes to file descriptor 2 directly, past Python's logging. While a model loads, descriptor 2
 is pointed at a temporary file; what the runtime wrote is then logged: `INFO:` lines at debug level, anything else
 as a warning, so nothing is lost and no command's stderr carries it. Loads are serialised by a lock, and a process
-without a usable descriptor 2 loads as it is.
+without a usable descriptor 2 loads as it is. Another thread's stderr line written during a load (a load takes
+milliseconds, and happens at start and at a model swap) is caught too, and logged as a warning under the load's name
+rather than lost.
 """
 
 from __future__ import annotations
