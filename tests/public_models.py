@@ -35,12 +35,25 @@ MEDIAPIPE = Wheel(
     ("--only-binary=:all:", "--python-version", "3.11", "--platform", "manylinux_2_17_x86_64"),
 )
 
+# public-domain photographs (astronaut: NASA; camera, chelsea: CC0) that scikit-image ships in its wheel
+SKIMAGE = Wheel(
+    "scikit-image==0.24.0",
+    "scikit_image-0.24.0-*.whl",
+    ("--only-binary=:all:", "--python-version", "3.11", "--platform", "manylinux_2_17_x86_64"),
+)
+
 MODELS: dict[str, tuple[Wheel, str]] = {
     # text-direction classifier of PaddleOCR: input x [?, 3, ?, ?] (free height and width), 2 classes
     "ocr-cls.onnx": (RAPIDOCR, "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"),
     # face mesh: float16 weights (DEQUANTIZE ops), two outputs of very different ranges (1404 coordinates in
     # input pixels, one face-presence logit)
     "face-landmark.tflite": (MEDIAPIPE, "mediapipe/modules/face_landmark/face_landmark.tflite"),
+    # BlazeFace: an SSD head without post-processing, regressors [1, 896, 16] (box + 6 keypoints) and scores
+    # [1, 896, 1] over anchors the application generates
+    "face-detect.tflite": (MEDIAPIPE, "mediapipe/modules/face_detection/face_detection_short_range.tflite"),
+    "astronaut.png": (SKIMAGE, "skimage/data/astronaut.png"),
+    "camera.png": (SKIMAGE, "skimage/data/camera.png"),
+    "chelsea.png": (SKIMAGE, "skimage/data/chelsea.png"),
 }
 
 

@@ -4,6 +4,7 @@ shapes, the input hints, and the samples loaded against the drafted contract."""
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
@@ -56,6 +57,24 @@ def _share(text: str) -> float:
         value = -1.0
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a share 0..1 such as 0.02, got '{text}'")
+    return value
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """A JSON object given inline or as a file."""
+    source = text
+    path = Path(text)
+    if not text.lstrip().startswith("{"):
+        try:
+            source = path.read_text(encoding="utf-8")
+        except OSError as error:
+            raise argparse.ArgumentTypeError(f"cannot read {text}: {error.strerror or error}") from error
+    try:
+        value = json.loads(source)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"{text}: invalid JSON at line {error.lineno}: {error.msg}") from error
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text}: expected a JSON object")
     return value
 
 
@@ -117,9 +136,18 @@ def add_draft_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channels", help="sensor channel names, comma-separated, in model order")
     parser.add_argument("--top-k", type=int, default=5, help="classification: labels reported")
     parser.add_argument(
-        "--detection-format", choices=["yolo", "ssd"], help="detection: output layout (default: guessed)"
+        "--detection-format",
+        choices=["yolo", "ssd", "anchors"],
+        help="detection: output layout (default: guessed from the output count)",
     )
     parser.add_argument("--score-threshold", type=float, default=0.5, help="detection: minimum score")
+    parser.add_argument(
+        "--output-options",
+        type=_json_object,
+        metavar="JSON|FILE.json",
+        help="decoding options merged into the manifest's `output`, e.g. an anchors-format detector's anchor "
+        "options and keypoint names (docs/byom.md)",
+    )
     parser.add_argument(
         "--threshold", type=float, help="anomaly: score threshold (default: from the samples)"
     )
@@ -224,6 +252,8 @@ def draft_from_args(args: argparse.Namespace) -> Draft:
             output["format"] = args.detection_format
     elif args.task == "anomaly" and args.threshold is not None:
         output = {"threshold": args.threshold}
+    if args.output_options:
+        output = {**(output or {}), **args.output_options}
     labels = list(read_labels(args.labels)) if args.labels else None
     name = args.name or args.model_file.stem.lower().replace(" ", "-")
     return Draft(hints, pins, samples, output, labels, name)

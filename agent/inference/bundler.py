@@ -19,6 +19,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from pydantic import ValidationError
 
 from agent.errors import InputError, ManifestError
 from agent.fsutil import fsync_dir, write_atomic
@@ -40,6 +41,7 @@ from agent.inference.reference import compute_reference
 from agent.inference.results import AnomalyResult, ClassificationResult, Result
 from agent.inference.runtimes import Shapes, TensorSpec, open_backend, runtime_for
 from agent.types import int_range
+from agent.validation import describe_validation_error
 
 FeatureHook = Callable[
     [InputContract, str, Sequence[str], Sequence[np.ndarray], Sequence[Result]], dict[str, Any]
@@ -158,7 +160,7 @@ def draft_output(
     """Output decoding parameters: defaults for the task and the model's outputs, overridden by the caller's."""
     drafted: dict[str, Any] = {}
     if task == "detection":
-        drafted = {"format": "ssd" if len(outputs) == 4 else "yolo"}
+        drafted = {"format": {4: "ssd", 2: "anchors"}.get(len(outputs), "yolo")}
     elif task == "anomaly":
         same_shape = outputs[0].shape == inputs[0].shape
         drafted = {"mode": "reconstruction" if same_shape else "score", "threshold": 0.0}
@@ -226,7 +228,10 @@ def _manifest(base: dict[str, Any], folder: Path) -> Manifest:
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name != MANIFEST_NAME
     }
-    return Manifest.model_validate({**base, "files": files})
+    try:
+        return Manifest.model_validate({**base, "files": files})
+    except ValidationError as error:
+        raise ManifestError(describe_validation_error(error, "the drafted manifest")) from error
 
 
 def init_bundle(

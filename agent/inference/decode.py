@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from agent.errors import ContractError, InputError
+from agent.inference.anchors import AnchorHead, generate_anchors
 from agent.inference.manifest import (
     AnomalyOutput,
     ClassificationOutput,
@@ -30,6 +31,7 @@ from agent.inference.results import (
     ClassificationResult,
     Detection,
     DetectionResult,
+    Keypoint,
     Label,
     RawResult,
     Result,
@@ -39,6 +41,7 @@ from agent.inference.runtimes.base import TensorSpec
 from agent.types import Array, FloatArray
 
 __all__ = [
+    "AnchorSsdDecoder",
     "AnomalyDecoder",
     "AnomalyResult",
     "ClassificationDecoder",
@@ -235,14 +238,85 @@ class SsdDecoder:
         return DetectionResult(_detections(xyxy, scores[chosen], class_ids, self.labels, context))
 
 
+class AnchorSsdDecoder:
+    """An SSD head without post-processing: regressors and scores over anchors generated from the manifest's options,
+    centre-size box coding with keypoints, sigmoid scores, NMS or weighted NMS (`agent.inference.anchors`)."""
+
+    def __init__(
+        self, config: DetectionOutput, outputs: Sequence[TensorSpec], labels: Sequence[str], image: ImageInput
+    ) -> None:
+        assert config.anchors is not None  # the manifest requires them for this format
+        if len(outputs) != 2:
+            raise ContractError(
+                f"an anchors-format detector has 2 outputs (regressors, scores), this model has {len(outputs)}"
+            )
+        shapes = [tuple(spec.shape) for spec in outputs]
+        if any(len(shape) < 2 or min(shape[-2:]) < 1 for shape in shapes):
+            raise ContractError(f"anchors-format outputs are [1, N, values], got {[list(s) for s in shapes]}")
+        wanted = 4 + 2 * len(config.keypoints)
+        # the regressors are the output with the wider rows (4 + 2 x keypoints >= 4 values), the scores the other
+        self.box_index = 0 if shapes[0][-1] >= shapes[1][-1] else 1
+        self.score_index = 1 - self.box_index
+        box_shape, score_shape = shapes[self.box_index], shapes[self.score_index]
+        if box_shape[-1] < wanted:
+            raise ContractError(
+                f"the regressors '{outputs[self.box_index].name}' have rows of {box_shape[-1]} values; "
+                f"4 box values and {len(config.keypoints)} keypoints need {wanted}"
+            )
+        self.anchors = generate_anchors(config.anchors, image.width, image.height)
+        count = self.anchors.shape[0]
+        if box_shape[-2] != count or score_shape[-2] != count:
+            raise ContractError(
+                f"the anchor options make {count} anchors; the model's outputs have {box_shape[-2]} and "
+                f"{score_shape[-2]} rows"
+            )
+        if labels and score_shape[-1] != len(labels):
+            raise ContractError(f"the scores have {score_shape[-1]} classes, the labels file {len(labels)}")
+        scale = config.box_scale or (
+            float(image.width),
+            float(image.height),
+            float(image.width),
+            float(image.height),
+        )
+        self.head = AnchorHead(config, self.anchors, len(config.keypoints), scale)
+        self.config, self.labels = config, list(labels)
+
+    def __call__(self, outputs: Arrays, context: DecodeContext) -> DetectionResult:
+        """Detections above the score threshold, merged or suppressed, best first, with their keypoints."""
+        regressors = outputs[self.box_index].reshape(self.anchors.shape[0], -1)
+        scores = outputs[self.score_index].reshape(self.anchors.shape[0], -1)
+        decoded = self.head(regressors, scores)
+        names = self.config.keypoints
+        points: list[tuple[Keypoint, ...]] = []
+        for row in decoded.keypoints.tolist():
+            marks = []
+            for name, (x, y) in zip(names, row, strict=True):
+                fx, fy = (x, y)
+                if context.frame_map is not None:
+                    fx, fy, _, _ = context.frame_map.to_frame((x, y, x, y))
+                marks.append(Keypoint(name, fx, fy, x, y))
+            points.append(tuple(marks))
+        return DetectionResult(
+            _detections(decoded.boxes, decoded.scores, decoded.classes, self.labels, context, points)
+        )
+
+
 def _detections(
-    boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, labels: Sequence[str], context: DecodeContext
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    classes: np.ndarray,
+    labels: Sequence[str],
+    context: DecodeContext,
+    keypoints: Sequence[tuple[Keypoint, ...]] | None = None,
 ) -> tuple[Detection, ...]:
     found = []
-    for box, score, cls in zip(boxes.tolist(), scores.tolist(), classes.tolist(), strict=True):
+    for number, (box, score, cls) in enumerate(
+        zip(boxes.tolist(), scores.tolist(), classes.tolist(), strict=True)
+    ):
         norm = (box[0], box[1], box[2], box[3])
         frame_box = context.frame_map.to_frame(norm) if context.frame_map else norm
-        found.append(Detection(int(cls), _label(labels, int(cls)), float(score), frame_box, norm))
+        marks = keypoints[number] if keypoints is not None else ()
+        found.append(Detection(int(cls), _label(labels, int(cls)), float(score), frame_box, norm, marks))
     return tuple(found)
 
 
@@ -306,6 +380,8 @@ def make_decoder(
             raise ContractError("a detection model needs an image input")
         if config.format == "yolo":
             return YoloDecoder(config, outputs, labels, manifest.input)
+        if config.format == "anchors":
+            return AnchorSsdDecoder(config, outputs, labels, manifest.input)
         return SsdDecoder(config, outputs, labels)
     if isinstance(config, AnomalyOutput):
         return AnomalyDecoder(config, outputs, inputs[0])

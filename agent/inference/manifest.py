@@ -126,12 +126,35 @@ class ClassificationOutput(_Strict):
     min_score: float = Field(0.0, ge=0.0, description="Labels scoring below this are not reported.")
 
 
+class AnchorOptions(_Strict):
+    """SSD anchor generation (the options of TensorFlow's and MediaPipe's SSD anchor generators)."""
+
+    strides: tuple[int, ...] = Field(
+        min_length=1, description="Feature map stride of each layer, e.g. [8, 16, 16, 16]."
+    )
+    min_scale: float = Field(gt=0, description="Anchor scale of the first layer, a share of the input.")
+    max_scale: float = Field(gt=0, description="Anchor scale of the last layer.")
+    aspect_ratios: tuple[float, ...] = Field((1.0,), min_length=1)
+    interpolated_scale_aspect_ratio: float = Field(
+        1.0, ge=0, description="> 0 adds an anchor of scale sqrt(this layer's x the next's) with this ratio."
+    )
+    offset_x: float = Field(0.5, ge=0, le=1, description="Anchor centre within its cell.")
+    offset_y: float = Field(0.5, ge=0, le=1)
+    fixed_anchor_size: bool = Field(
+        True, description="Anchors of width and height 1 (box sizes then come from the regressors alone)."
+    )
+    reduce_boxes_in_lowest_layer: bool = False
+    input_width: int | None = Field(None, gt=0, description="Default: the model input's width.")
+    input_height: int | None = Field(None, gt=0, description="Default: the model input's height.")
+
+
 class DetectionOutput(_Strict):
     """Boxes from a YOLO-style `N x (4 [+1] + classes)` tensor (NMS applied here) or the 4-output SSD layout."""
 
     task: Literal["detection"] = Field("detection", exclude=True)
-    format: Literal["yolo", "ssd"] = Field(
-        description="yolo: one N x (4+classes) tensor; ssd: boxes/classes/scores/count."
+    format: Literal["yolo", "ssd", "anchors"] = Field(
+        description="yolo: one N x (4+classes) tensor; ssd: boxes/classes/scores/count; anchors: an SSD head "
+        "without post-processing, regressors [N, 4 + 2 x keypoints] and scores [N, classes] over generated anchors."
     )
     box_format: Literal["cxcywh", "xyxy"] = Field(
         "cxcywh", description="yolo: how the 4 box values are laid out."
@@ -143,11 +166,38 @@ class DetectionOutput(_Strict):
         False, description="yolo: a 5th column holds objectness, multiplied into class scores."
     )
     transposed: bool | None = Field(None, description="yolo: the tensor is (4+classes) x N; None detects it.")
-    activation: Literal["none", "sigmoid"] = Field("none", description="yolo: applied to the score columns.")
+    activation: Literal["none", "sigmoid"] = Field(
+        "none", description="yolo and anchors: applied to the score columns."
+    )
     class_offset: int = Field(0, description="ssd: added to class indices before the label lookup.")
+    anchors: AnchorOptions | None = Field(None, description="anchors: how the anchors are generated.")
+    box_scale: tuple[float, float, float, float] | None = Field(
+        None,
+        description="anchors: the x, y, w, h scales of the centre-size box coding (default: the input's width, "
+        "height, width, height, as BlazeFace-style heads use; TensorFlow's SSD uses 10, 10, 5, 5).",
+    )
+    box_order: Literal["xywh", "yxhw"] = Field("xywh", description="anchors: order of the coded box values.")
+    exponential_box_size: bool = Field(
+        False, description="anchors: w, h are coded as logs (TensorFlow's SSD)."
+    )
+    keypoints: tuple[str, ...] = Field(
+        (), description="anchors: names of the keypoints coded after the box, two values (x, y) each."
+    )
+    score_clip: float | None = Field(
+        None, gt=0, description="anchors: logits clipped to +-this before the sigmoid."
+    )
+    nms: Literal["hard", "weighted"] = Field(
+        "hard", description="anchors: hard NMS keeps the best box; weighted merges each cluster by score."
+    )
     score_threshold: float = Field(0.5, ge=0.0, le=1.0)
     iou_threshold: float = Field(0.45, gt=0.0, le=1.0, description="yolo: NMS overlap threshold.")
     max_detections: int = Field(100, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _check_anchors(self) -> DetectionOutput:
+        if self.format == "anchors" and self.anchors is None:
+            raise ValueError("format 'anchors' needs `anchors` (the anchor generation options)")
+        return self
 
 
 class AnomalyOutput(_Strict):

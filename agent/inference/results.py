@@ -26,14 +26,34 @@ class Label:
 
 
 @dataclass(frozen=True)
+class Keypoint:
+    """A named landmark of a detection: in source-frame pixels and normalised to the model input."""
+
+    name: str
+    x: float
+    y: float
+    x_norm: float
+    y_norm: float
+
+
+@dataclass(frozen=True)
 class Detection:
-    """One detected object: box in source-frame pixels (x1, y1, x2, y2) and normalised to the model input."""
+    """One detected object: box in source-frame pixels (x1, y1, x2, y2) and normalised to the model input, and the
+    keypoints of a head that codes them (absent from the wire form when there are none)."""
 
     index: int
     label: str
     score: float
     box: tuple[float, float, float, float]
     box_norm: tuple[float, float, float, float]
+    keypoints: tuple[Keypoint, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form; `keypoints` only when there are some."""
+        data = asdict(self)
+        if not self.keypoints:
+            del data["keypoints"]
+        return data
 
 
 @dataclass(frozen=True)
@@ -90,7 +110,7 @@ class DetectionResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: the task and the detections."""
-        return {"task": self.task, "detections": tuple(asdict(d) for d in self.detections)}
+        return {"task": self.task, "detections": tuple(d.to_dict() for d in self.detections)}
 
     def summary(self) -> str:
         """One short line: how many objects, and the first five with their scores."""
