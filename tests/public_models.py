@@ -51,6 +51,8 @@ MODELS: dict[str, tuple[Wheel, str]] = {
     # BlazeFace: an SSD head without post-processing, regressors [1, 896, 16] (box + 6 keypoints) and scores
     # [1, 896, 1] over anchors the application generates
     "face-detect.tflite": (MEDIAPIPE, "mediapipe/modules/face_detection/face_detection_short_range.tflite"),
+    # a person / background probability map [1, 256, 256, 1]
+    "selfie-segmentation.tflite": (MEDIAPIPE, "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite"),
     "astronaut.png": (SKIMAGE, "skimage/data/astronaut.png"),
     "camera.png": (SKIMAGE, "skimage/data/camera.png"),
     "chelsea.png": (SKIMAGE, "skimage/data/chelsea.png"),

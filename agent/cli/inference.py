@@ -16,7 +16,15 @@ from agent.inference.bench import bench_model
 from agent.inference.inputs import load_inputs, synthetic_input
 from agent.inference.model import Model
 from agent.inference.options import RuntimeOptions
-from agent.inference.results import AnomalyResult, ClassificationResult, DetectionResult, RawResult, Result
+from agent.inference.results import (
+    AnomalyResult,
+    ClassificationResult,
+    DetectionResult,
+    KeypointsResult,
+    RawResult,
+    Result,
+    SegmentationResult,
+)
 from agent.term import console, error, print_json, table
 
 
@@ -81,6 +89,27 @@ def _rows(name: str, result: Result, ms: float) -> list[list[Any]]:
                 [name, t.name, list(t.shape), f"min {t.min:.4g} max {t.max:.4g} mean {t.mean:.4g}", ms]
                 for t in result.tensors
             ]
+        case SegmentationResult():
+            shares = ", ".join(
+                f"{c.label} {c.share:.1%}" for c in sorted(result.classes, key=lambda c: -c.share)
+            )
+            rows = [[name, shares, len(result.regions), "", ms]]
+            return rows + [
+                [
+                    "",
+                    f"{r.label} {r.share:.1%}",
+                    round(r.score, 3),
+                    "[" + ", ".join(f"{v:.0f}" for v in r.box) + "]",
+                    "",
+                ]
+                for r in result.regions[:10]
+            ]
+        case KeypointsResult():
+            verdict = "present" if result.present else "absent"
+            first = ", ".join(f"{k.name} ({k.x:.0f},{k.y:.0f})" for k in result.keypoints[:4])
+            more = f" +{len(result.keypoints) - 4}" if len(result.keypoints) > 4 else ""
+            presence = "" if result.presence is None else round(result.presence, 3)
+            return [[name, verdict, presence, first + more, ms]]
 
 
 _HEADERS = {
@@ -88,6 +117,8 @@ _HEADERS = {
     "detection": ["input", "label", "score", "box x1,y1,x2,y2 (px)", "ms"],
     "anomaly": ["input", "verdict", "score", "", "ms"],
     "raw": ["input", "output", "shape", "summary", "ms"],
+    "segmentation": ["input", "class shares / region", "regions / score", "box x1,y1,x2,y2 (px)", "ms"],
+    "keypoints": ["input", "object", "presence", "keypoints (px)", "ms"],
 }
 
 

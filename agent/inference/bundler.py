@@ -154,17 +154,51 @@ def draft_input(
     return TensorInput()
 
 
+def _size(spec: TensorSpec) -> int:
+    return int(np.prod([d for d in spec.shape if d > 0]))
+
+
 def draft_output(
-    task: Task, given: dict[str, Any] | None, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
+    task: Task,
+    given: dict[str, Any] | None,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+    review: list[str] | None = None,
 ) -> dict[str, Any]:
     """Output decoding parameters: defaults for the task and the model's outputs, overridden by the caller's."""
+    given = given or {}
+    notes = review if review is not None else []
     drafted: dict[str, Any] = {}
     if task == "detection":
         drafted = {"format": {4: "ssd", 2: "anchors"}.get(len(outputs), "yolo")}
+        if drafted["format"] == "anchors" and "anchors" not in given:
+            notes.append(
+                "2 outputs read as an anchor head (regressors, scores): give the anchor options and keypoint "
+                "names with --output-options (docs/byom.md)"
+            )
     elif task == "anomaly":
         same_shape = outputs[0].shape == inputs[0].shape
         drafted = {"mode": "reconstruction" if same_shape else "score", "threshold": 0.0}
-    return {**drafted, **(given or {})}
+    elif task == "segmentation":
+        maps = [i for i, spec in enumerate(outputs) if len(spec.shape) >= 3]
+        index = max(maps or [0], key=lambda i: _size(outputs[i]))
+        drafted = {"output_index": index}
+        notes.append(f"segmentation map: output '{outputs[index].name}' {list(outputs[index].shape)}")
+    elif task == "keypoints":
+        index = max(range(len(outputs)), key=lambda i: _size(outputs[i]))
+        size = _size(outputs[index])
+        per = 3 if size % 3 == 0 else 2
+        drafted = {"output_index": index, "values_per_point": per}
+        single = [i for i, spec in enumerate(outputs) if i != index and _size(spec) == 1]
+        if single:
+            drafted["presence_index"] = single[0]
+        if "values_per_point" not in given:
+            notes.append(
+                f"keypoints: output '{outputs[index].name}' read as {size // per} points of {per} values"
+                + (f", presence from output '{outputs[single[0]].name}'" if single else "")
+                + ": correct with --output-options '{\"values_per_point\": 2, \"names\": [...]}'"
+            )
+    return {**drafted, **given}
 
 
 def _save_input(folder: Path, stem: str, contract: InputContract, data: np.ndarray) -> str:
@@ -345,7 +379,7 @@ def _build(
         "input": contract.model_dump(),
         "input_shapes": {name: list(shape) for name, shape in input_shapes.items()},
         "latency_budgets": list(latency_budgets),
-        "output": draft_output(task, output, backend.inputs, backend.outputs),
+        "output": draft_output(task, output, backend.inputs, backend.outputs, review),
     }
     if labels:
         (work / "labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")

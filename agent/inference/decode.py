@@ -17,13 +17,16 @@ import numpy as np
 
 from agent.errors import ContractError, InputError
 from agent.inference.anchors import AnchorHead, generate_anchors
+from agent.inference.dense import KeypointsDecoder, SegmentationDecoder
 from agent.inference.manifest import (
     AnomalyOutput,
     ClassificationOutput,
     DetectionOutput,
     ImageInput,
+    KeypointsOutput,
     Manifest,
     RawOutput,
+    SegmentationOutput,
 )
 from agent.inference.preprocess import FrameMap
 from agent.inference.results import (
@@ -385,5 +388,14 @@ def make_decoder(
         return SsdDecoder(config, outputs, labels)
     if isinstance(config, AnomalyOutput):
         return AnomalyDecoder(config, outputs, inputs[0])
+    if isinstance(config, SegmentationOutput | KeypointsOutput):
+        if not isinstance(manifest.input, ImageInput):
+            raise ContractError(f"a {manifest.task} model needs an image input")
+        dense = (
+            SegmentationDecoder(config, outputs, labels)
+            if isinstance(config, SegmentationOutput)
+            else KeypointsDecoder(config, outputs, manifest.input)
+        )
+        return lambda arrays, context: dense(arrays, context.frame_map)
     assert isinstance(config, RawOutput)
     return RawDecoder(outputs)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
-Task = Literal["classification", "detection", "anomaly", "raw"]
+Task = Literal["classification", "detection", "anomaly", "raw", "segmentation", "keypoints"]
 RuntimeName = Literal["litert", "onnxruntime"]
 RUNTIME_BY_SUFFIX: dict[str, RuntimeName] = {".tflite": "litert", ".onnx": "onnxruntime"}
 
@@ -217,8 +217,52 @@ class RawOutput(_Strict):
     task: Literal["raw"] = Field("raw", exclude=True)
 
 
+class SegmentationOutput(_Strict):
+    """A dense per-pixel output: class scores `[1, H, W, C]` / `[1, C, H, W]`, or one probability map (C = 1)."""
+
+    task: Literal["segmentation"] = Field("segmentation", exclude=True)
+    output_index: int = Field(0, ge=0, description="Which model output holds the map.")
+    layout: Literal["auto", "NHWC", "NCHW"] = Field(
+        "auto", description="Where the class axis is; auto: the last axis unless the second is smaller."
+    )
+    activation: Literal["none", "softmax", "sigmoid"] = Field(
+        "none",
+        description="Applied to the scores first (the confidence of a region is the mean of its pixels').",
+    )
+    threshold: float = Field(0.5, description="A one-channel map: a pixel is foreground at or above this.")
+    background: int | None = Field(
+        0, description="The class index of background (no regions reported for it); None: every class counts."
+    )
+    min_area: float = Field(
+        0.001, ge=0, le=1, description="Regions smaller than this share of the map are dropped."
+    )
+    max_regions: int = Field(20, ge=1, le=1000)
+
+
+class KeypointsOutput(_Strict):
+    """Named landmarks: `[..., points x values]` coordinates and an optional presence score output."""
+
+    task: Literal["keypoints"] = Field("keypoints", exclude=True)
+    output_index: int = Field(0, ge=0, description="Which model output holds the coordinates.")
+    names: tuple[str, ...] = Field(
+        (), description="Landmark names, in model order; default kp0, kp1, ... for every point."
+    )
+    values_per_point: int = Field(
+        2, ge=2, le=8, description="Values per point (x, y first; then z, visibility...)."
+    )
+    coordinates: Literal["input_pixels", "normalized"] = Field(
+        "input_pixels", description="x, y in model-input pixels or 0..1 of the input."
+    )
+    presence_index: int | None = Field(
+        None, ge=0, description="Which output holds the presence score, if any."
+    )
+    presence_activation: Literal["none", "sigmoid"] = Field("sigmoid")
+    presence_threshold: float = Field(0.5, description="Below this the object is reported absent.")
+
+
 OutputContract = Annotated[
-    ClassificationOutput | DetectionOutput | AnomalyOutput | RawOutput, Field(discriminator="task")
+    ClassificationOutput | DetectionOutput | AnomalyOutput | RawOutput | SegmentationOutput | KeypointsOutput,
+    Field(discriminator="task"),
 ]
 
 
@@ -384,8 +428,8 @@ class Manifest(_Strict):
         for path in self.referenced_files():
             if path not in self.files:
                 raise ValueError(f"'{path}' is used by the manifest but not listed in `files`")
-        if self.task == "detection" and self.input.kind != "image":
-            raise ValueError("a detection model needs an image input")
+        if self.task in ("detection", "segmentation", "keypoints") and self.input.kind != "image":
+            raise ValueError(f"a {self.task} model needs an image input")
         return self
 
     @property

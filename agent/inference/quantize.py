@@ -219,7 +219,9 @@ def prepare_float_model(source: Path, out: Path, input_shape: Sequence[int] | No
         why = _one_line(error) if str(error).strip() else type(error).__name__
         try:  # ONNX's own shape inference and the optimiser, without the symbolic pass that failed
             _replace_into(out, partial(pre_process, symbolic=False))
-            notes.append(f"symbolic shape inference failed ({why}): ONNX shape inference and optimisation only")
+            notes.append(
+                f"symbolic shape inference failed ({why}): ONNX shape inference and optimisation only"
+            )
             return notes
         except Exception:  # the fallback below says what happened
             pass

@@ -178,5 +178,93 @@ class RawResult:
         return None
 
 
-Result: TypeAlias = ClassificationResult | DetectionResult | AnomalyResult | RawResult
+@dataclass(frozen=True)
+class ClassArea:
+    """The share of a segmentation map one class covers."""
+
+    index: int
+    label: str
+    share: float
+
+
+@dataclass(frozen=True)
+class Region:
+    """A connected region of one class in a segmentation map: its share of the map, its box in source-frame pixels
+    and normalised to the model input, and its mean confidence."""
+
+    index: int
+    label: str
+    share: float
+    score: float
+    box: tuple[float, float, float, float]
+    box_norm: tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class SegmentationResult:
+    """A per-pixel class or probability map, reported as the share of each class and the boxes of its regions."""
+
+    classes: tuple[ClassArea, ...] = ()
+    regions: tuple[Region, ...] = ()
+    task: ClassVar[Literal["segmentation"]] = "segmentation"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form: the task, the class shares and the regions."""
+        return {
+            "task": self.task,
+            "classes": tuple(asdict(c) for c in self.classes),
+            "regions": tuple(asdict(r) for r in self.regions),
+        }
+
+    def summary(self) -> str:
+        """One short line: the classes that cover the most, and the region count."""
+        shares = ", ".join(
+            f"{c.label} {c.share:.0%}" for c in sorted(self.classes, key=lambda c: -c.share)[:3]
+        )
+        return f"{len(self.regions)} regions; {shares}"
+
+    def change_key(self) -> tuple[Any, ...] | None:
+        """The sorted labels of the regions found."""
+        return ("seg", tuple(sorted(r.label for r in self.regions)))
+
+    def top_score(self) -> float | None:
+        """The most confident region's score, None without regions."""
+        return max((r.score for r in self.regions), default=None)
+
+
+@dataclass(frozen=True)
+class KeypointsResult:
+    """Named landmarks of one object, with the model's presence score (None when the model gives none)."""
+
+    keypoints: tuple[Keypoint, ...] = ()
+    presence: float | None = None
+    present: bool = True
+    task: ClassVar[Literal["keypoints"]] = "keypoints"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form: the task, presence and the keypoints."""
+        return {
+            "task": self.task,
+            "present": self.present,
+            "presence": self.presence,
+            "keypoints": tuple(asdict(k) for k in self.keypoints),
+        }
+
+    def summary(self) -> str:
+        """One short line: present or not, and how many keypoints."""
+        presence = "" if self.presence is None else f" (presence {self.presence:.2f})"
+        return f"{'present' if self.present else 'absent'}{presence}, {len(self.keypoints)} keypoints"
+
+    def change_key(self) -> tuple[Any, ...] | None:
+        """Whether the object is present."""
+        return ("keypoints", self.present)
+
+    def top_score(self) -> float | None:
+        """The presence score."""
+        return self.presence
+
+
+Result: TypeAlias = (
+    ClassificationResult | DetectionResult | AnomalyResult | RawResult | SegmentationResult | KeypointsResult
+)
 """A decoded inference result of any task; dispatch on its type (isinstance, match), not on `task`."""

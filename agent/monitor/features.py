@@ -31,7 +31,14 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from agent.inference.results import AnomalyResult, ClassificationResult, DetectionResult, Result
+from agent.inference.results import (
+    AnomalyResult,
+    ClassificationResult,
+    DetectionResult,
+    KeypointsResult,
+    Result,
+    SegmentationResult,
+)
 from agent.types import Array
 
 Kind = Literal["mean", "shares"]
@@ -127,7 +134,26 @@ class FeatureSpec:
             case AnomalyResult() if self.task == "anomaly":
                 out[0] = result.score if math.isfinite(result.score) else 0.0
                 out[1] = 1.0 if result.anomaly else 0.0
+            case SegmentationResult() if self.task == "segmentation":
+                out[0] = sum(r.share for r in result.regions)
+                out[1] = len(result.regions)
+                out[2] = max((r.score for r in result.regions if math.isfinite(r.score)), default=0.0)
+            case KeypointsResult() if self.task == "keypoints":
+                presence = result.presence if result.presence is not None else 1.0
+                out[0] = presence if math.isfinite(presence) else 0.0
+                out[1] = 1.0 if result.present else 0.0
+                out[2] = _spread(result)
         return out
+
+
+def _spread(result: KeypointsResult) -> float:
+    """How far the landmarks lie from their centre, in model-input units: the object's apparent size."""
+    if not result.keypoints:
+        return 0.0
+    points = np.array([(k.x_norm, k.y_norm) for k in result.keypoints], dtype=np.float64)
+    if not np.all(np.isfinite(points)):
+        return 0.0
+    return float(np.sqrt(((points - points.mean(axis=0)) ** 2).sum(axis=1)).mean())
 
 
 def _label_index(labels: Sequence[str], label: str, with_none: bool = True) -> int:
@@ -189,6 +215,20 @@ def spec_for(mode: Mode, task: str, channels: Sequence[str] = (), labels: Sequen
             Statistic("output.anomalous", "mean", "output", 1, 2, 0.02),
         ]
         output_size = 2
+    elif task == "segmentation":
+        stats += [
+            Statistic("output.foreground", "mean", "output", 0, 1, 0.01),
+            Statistic("output.regions", "mean", "output", 1, 2, 0.1),
+            Statistic("output.confidence", "mean", "output", 2, 3, 0.01),
+        ]
+        output_size = 3
+    elif task == "keypoints":
+        stats += [
+            Statistic("output.presence", "mean", "output", 0, 1, 0.01),
+            Statistic("output.present", "mean", "output", 1, 2, 0.02),
+            Statistic("output.spread", "mean", "output", 2, 3, 0.005),
+        ]
+        output_size = 3
     else:
         output_size = 0
     return FeatureSpec(mode, task, tuple(channels), tuple(labels), tuple(stats), input_size, output_size)
