@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from conftest import assert_clean_error, run_cli
 from daemon_support import DaemonDir, start_daemon, stop
-from public_models import public_models  # noqa: F401  (the session fixture)
 
 from agent.errors import ContractError
 from agent.inference import Model
@@ -32,9 +31,11 @@ OPTIONS = {
     "anchors": {"strides": [8, 16, 16, 16], "min_scale": 0.1484375, "max_scale": 0.75},
 }
 
+pytest_plugins = ["public_models"]  # the session fixture `public_models`
+
 
 @pytest.fixture(scope="module")
-def face(public_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+def face(public_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """BlazeFace bundled by `model init` with its anchor options, letterboxed as MediaPipe feeds it."""
     folder = tmp_path_factory.mktemp("anchors")
     labels = folder / "labels.txt"
@@ -49,7 +50,9 @@ def face(public_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
     return out
 
 
-def reference_anchors(strides: list[int], min_scale: float, max_scale: float, size: int) -> list[tuple[float, ...]]:
+def reference_anchors(
+    strides: list[int], min_scale: float, max_scale: float, size: int
+) -> list[tuple[float, ...]]:
     """SsdAnchorsCalculator with aspect ratio 1, interpolated scale ratio 1, offsets 0.5, fixed anchor size."""
     anchors: list[tuple[float, ...]] = []
     layer = 0
@@ -83,7 +86,9 @@ def reference_decode(regressors: np.ndarray, scores: np.ndarray, size: int) -> l
         cx, cy = row[0] / size * aw + ax, row[1] / size * ah + ay
         w, h = row[2] / size * aw, row[3] / size * ah
         points = [(row[4 + 2 * k] / size * aw + ax, row[5 + 2 * k] / size * ah + ay) for k in range(6)]
-        found.append({"score": score, "box": [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], "points": points})
+        found.append(
+            {"score": score, "box": [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], "points": points}
+        )
     found.sort(key=lambda d: -d["score"])
 
     def iou(a: list[float], b: list[float]) -> float:
@@ -112,7 +117,7 @@ def reference_decode(regressors: np.ndarray, scores: np.ndarray, size: int) -> l
 @pytest.mark.parametrize("picture", ["astronaut.png", "camera.png", "chelsea.png"])
 def test_the_anchor_decoder_matches_a_reference_decode_of_blazeface_on_real_pictures(
     face: Path,
-    public_models: dict[str, Path],  # noqa: F811
+    public_models: dict[str, Path],
     picture: str,
 ) -> None:
     model = Model.load(face)
@@ -136,7 +141,7 @@ def test_the_anchor_decoder_matches_a_reference_decode_of_blazeface_on_real_pict
 
 def test_blazeface_finds_the_astronaut_s_face_with_its_landmarks_where_a_face_has_them(
     face: Path,
-    public_models: dict[str, Path],  # noqa: F811
+    public_models: dict[str, Path],
 ) -> None:
     result = run_cli("infer", "--json", "--model", str(face), str(public_models["astronaut.png"]), check=True)
     (detection,) = json.loads(result.stdout)["results"][0]["result"]["detections"]
@@ -146,29 +151,37 @@ def test_blazeface_finds_the_astronaut_s_face_with_its_landmarks_where_a_face_ha
     points = {k["name"]: (k["x"], k["y"]) for k in detection["keypoints"]}
     assert all(x1 - 10 <= x <= x2 + 10 and y1 - 10 <= y <= y2 + 10 for x, y in points.values())
     assert points["right_eye"][0] < points["left_eye"][0]  # the subject's right eye is on the picture's left
-    assert max(points["right_eye"][1], points["left_eye"][1]) < points["nose_tip"][1] < points["mouth_center"][1]
+    assert (
+        max(points["right_eye"][1], points["left_eye"][1]) < points["nose_tip"][1] < points["mouth_center"][1]
+    )
     cat = run_cli("infer", "--json", "--model", str(face), str(public_models["chelsea.png"]), check=True)
     assert json.loads(cat.stdout)["results"][0]["result"]["detections"] == []
 
 
-def test_anchor_options_that_make_another_anchor_count_are_refused_at_load(face: Path, tmp_path: Path) -> None:
+def test_anchor_options_that_make_another_anchor_count_are_refused_at_load(
+    face: Path, tmp_path: Path
+) -> None:
     manifest = json.loads((face / "manifest.json").read_text())
     manifest["output"]["anchors"]["strides"] = [8, 16, 16]
     bundle = tmp_path / "b"
     shutil.copytree(face, bundle)
     (bundle / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ContractError, match="the anchor options make 768 anchors; the model's outputs have 896"):
+    with pytest.raises(
+        ContractError, match="the anchor options make 768 anchors; the model's outputs have 896"
+    ):
         Model(load_bundle(bundle))
     assert_clean_error(run_cli("model", "verify", str(bundle)), "the anchor options make 768 anchors")
 
 
 def test_an_anchor_detector_through_verify_bench_and_the_daemon(
     face: Path,
-    public_models: dict[str, Path],  # noqa: F811
+    public_models: dict[str, Path],
     tmp_path: Path,
 ) -> None:
     assert "golden self-test: PASS" in run_cli("model", "verify", str(face), check=True).stdout
-    bench = json.loads(run_cli("bench", "--json", "--model", str(face), "--runs", "5", "--warmup", "1").stdout)
+    bench = json.loads(
+        run_cli("bench", "--json", "--model", str(face), "--runs", "5", "--warmup", "1").stdout
+    )
     assert bench["stages"]["decode"]["runs"] == 5
     pictures = tmp_path / "pictures"
     pictures.mkdir()

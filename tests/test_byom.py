@@ -12,7 +12,6 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from conftest import MODELS, SAMPLES, assert_clean_error, edit_manifest, run_cli
-from public_models import public_models  # noqa: F401  (the session fixture)
 
 from agent.errors import ContractError
 from agent.inference import Model
@@ -22,9 +21,11 @@ from agent.inference.runtimes import TensorSpec, open_backend
 
 SCENES = [str(p) for p in sorted(SAMPLES.glob("scene_*.png"))]
 
+pytest_plugins = ["public_models"]  # the session fixture `public_models`
+
 
 @pytest.fixture(scope="module")
-def made(public_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:  # noqa: F811
+def made(public_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Bundles drafted by `model init` from the public models, once for this module."""
     folder = tmp_path_factory.mktemp("byom")
     ocr = folder / "ocr-cls"
@@ -42,7 +43,7 @@ def made(public_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
 
 
 def test_a_model_with_a_free_input_size_is_refused_by_init_with_the_flag_that_pins_it(
-    public_models: dict[str, Path],  # noqa: F811
+    public_models: dict[str, Path],
     tmp_path: Path,
 ) -> None:
     result = run_cli(
@@ -168,7 +169,7 @@ def test_pinning_the_free_batch_of_a_litert_model_resizes_its_tensors() -> None:
     ],
 )
 def test_a_pinned_shape_that_contradicts_the_model_is_refused_naming_what_differs(
-    public_models: dict[str, Path],  # noqa: F811
+    public_models: dict[str, Path],
     shapes: dict[str, tuple[int, ...]],
     message: str,
 ) -> None:
