@@ -72,9 +72,30 @@ def _json_object(text: str) -> dict[str, Any]:
     try:
         value = json.loads(source)
     except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"{text}: invalid JSON at line {error.lineno}: {error.msg}") from error
+        raise argparse.ArgumentTypeError(
+            f"{text}: invalid JSON at line {error.lineno}: {error.msg}"
+        ) from error
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"{text}: expected a JSON object")
+    return value
+
+
+def _json_list(text: str) -> list[dict[str, Any]]:
+    """A JSON list of objects given inline or as a file."""
+    source = text
+    if not text.lstrip().startswith("["):
+        try:
+            source = Path(text).read_text(encoding="utf-8")
+        except OSError as error:
+            raise argparse.ArgumentTypeError(f"cannot read {text}: {error.strerror or error}") from error
+    try:
+        value = json.loads(source)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(
+            f"{text}: invalid JSON at line {error.lineno}: {error.msg}"
+        ) from error
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise argparse.ArgumentTypeError(f"{text}: expected a JSON list of objects")
     return value
 
 
@@ -142,6 +163,13 @@ def add_draft_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--score-threshold", type=float, default=0.5, help="detection: minimum score")
     parser.add_argument(
+        "--inputs",
+        type=_json_list,
+        metavar="JSON|FILE.json",
+        help='every input of a model with several: [{"name": ..., "role": "data"|"constant"|"state", '
+        '"value": ..., "from_output": ...}] (docs/byom.md)',
+    )
+    parser.add_argument(
         "--output-options",
         type=_json_object,
         metavar="JSON|FILE.json",
@@ -196,6 +224,7 @@ class Draft:
     output: dict[str, Any] | None
     labels: list[str] | None
     name: str
+    inputs: list[dict[str, Any]]
 
     def write(
         self, args: argparse.Namespace, model_file: Path, out: Path, description: str = ""
@@ -217,6 +246,7 @@ class Draft:
             description=description,
             features=feature_table,
             input_shapes=self.pins,
+            inputs=self.inputs,
         )
 
 
@@ -238,10 +268,21 @@ def draft_from_args(args: argparse.Namespace) -> Draft:
     if pins:
         backend.close()
         backend = open_backend(args.model_file, shapes=pins)
-    shape_contract = draft_input(backend.inputs[0], hints, [], []) if len(backend.inputs) == 1 else None
+    data = [
+        spec
+        for spec in backend.inputs
+        if spec.name in {i.get("name") for i in args.inputs or () if i.get("role") == "data"}
+    ]
+    if not args.inputs and len(backend.inputs) == 1:
+        data = [backend.inputs[0]]
     backend.close()
-    if shape_contract is None:
-        raise ManifestError("the model has several inputs; edge-agent feeds models with one input")
+    if len(data) != 1:
+        names = ", ".join(f"'{s.name}'" for s in backend.inputs)
+        raise ManifestError(
+            f"the model has {len(backend.inputs)} inputs ({names}): describe each with --inputs, one of them "
+            "the data input (docs/byom.md)"
+        )
+    shape_contract = draft_input(data[0], hints, [], [])
     samples = load_samples(args.samples, shape_contract)
     output: dict[str, Any] | None = None
     if args.task == "classification":
@@ -256,7 +297,7 @@ def draft_from_args(args: argparse.Namespace) -> Draft:
         output = {**(output or {}), **args.output_options}
     labels = list(read_labels(args.labels)) if args.labels else None
     name = args.name or args.model_file.stem.lower().replace(" ", "-")
-    return Draft(hints, pins, samples, output, labels, name)
+    return Draft(hints, pins, samples, output, labels, name, list(args.inputs or ()))
 
 
 def print_written(report: InitReport, samples: int) -> None:

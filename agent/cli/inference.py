@@ -183,7 +183,7 @@ def run_bench(args: argparse.Namespace) -> int:
         data = load_inputs(args.input, model.manifest.input)[0][1]
         source = str(args.input)
     else:
-        data = synthetic_input(model.manifest.input, model.backend.inputs[0].shape)
+        data = synthetic_input(model.manifest.input, model.data_spec.shape)
         source = "synthetic " + "x".join(str(d) for d in data.shape)
     report = bench_model(model, data, max(args.runs, 1), max(args.warmup, 0))
     budgets = [

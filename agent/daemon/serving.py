@@ -25,6 +25,7 @@ from agent.daemon.ports import Reporter
 from agent.errors import AgentError
 from agent.events import Severity
 from agent.pipeline import ActiveModel, InferenceLoop, JsonLinesSink, LatestMailbox, LoopSettings, Sink
+from agent.pipeline.mailbox import Mailbox, OrderedMailbox
 from agent.pipeline.records import Staged
 from agent.pipeline.samples import SampleStore
 from agent.pipeline.shadow import ShadowTee
@@ -74,9 +75,14 @@ class Pipeline:
             MonitorPorts(config.monitor, config.snapshots, ports.state_dir, ports.report, ports.samples),
             active,
         )
+        # a model that carries a state from item to item must see every item in order: an ordered queue that drops
+        # nothing (and holds capture back when full); every other model gets the newest item only
+        mailbox: Mailbox[Staged] = (
+            OrderedMailbox[Staged]() if active.model.stateful else LatestMailbox[Staged]()
+        )
         self.loop = InferenceLoop(
             active,
-            LatestMailbox[Staged](),
+            mailbox,
             observer=self.monitors,
             settings=LoopSettings(
                 max_rate_hz=config.pipeline.max_rate_hz,
@@ -204,4 +210,5 @@ class Pipeline:
             "errors": loop.errors,
             "last_error": loop.last_error,
             "busy_s": round(loop.busy_s(), 3),
+            **({"queue": queue} if (queue := loop.queue_status()) is not None else {}),
         }

@@ -57,7 +57,7 @@ def measure_gate(model: Model, runs: int) -> tuple[GoldenReport, float | None]:
     """The golden gate's evidence on this device's runtime: the golden report, and the p95 of `runs` timed
     inferences (pre-process, invoke, decode: what the health counters time) in ms."""
     report = run_golden(model)
-    data = synthetic_input(model.manifest.input, tuple(model.backend.inputs[0].shape))
+    data = synthetic_input(model.manifest.input, tuple(model.data_spec.shape))
     times = []
     for _ in range(runs):
         start = time.perf_counter()

@@ -150,6 +150,22 @@ def draft_input(
             mean=mean or (0.0,),
             std=std or (1.0,),
         )
+    if (
+        len(shape) == 2
+        and shape[0] in (1, -1)
+        and shape[1] > 0
+        and hints.channels
+        and len(hints.channels) == 1
+    ):
+        # [1, time]: one channel, as audio models take their samples
+        review.append(f"one-channel window of {shape[1]} samples ([1, time] input)")
+        return WindowInput(
+            layout="NCT",
+            length=shape[1],
+            channels=hints.channels,
+            mean=hints.mean or (0.0,),
+            std=hints.std or (1.0,),
+        )
     review.append("input fed as a raw tensor (not an image or a [1, time, channel] window)")
     return TensorInput()
 
@@ -196,7 +212,7 @@ def draft_output(
             notes.append(
                 f"keypoints: output '{outputs[index].name}' read as {size // per} points of {per} values"
                 + (f", presence from output '{outputs[single[0]].name}'" if single else "")
-                + ": correct with --output-options '{\"values_per_point\": 2, \"names\": [...]}'"
+                + ': correct with --output-options \'{"values_per_point": 2, "names": [...]}\''
             )
     return {**drafted, **given}
 
@@ -256,6 +272,12 @@ def output_limits(
     return limits
 
 
+def _fresh(model: Model, sample: np.ndarray) -> Result:
+    """One sample's result from the model's initial state (a stateful model's samples stand alone)."""
+    model.reset_state()
+    return model.infer(sample)
+
+
 def _manifest(base: dict[str, Any], folder: Path) -> Manifest:
     files = {
         p.relative_to(folder).as_posix(): file_entry(p)
@@ -288,6 +310,7 @@ def init_bundle(
     options: RuntimeOptions | None = None,
     features: FeatureHook | None = None,
     input_shapes: Shapes | None = None,
+    inputs: Sequence[dict[str, Any]] = (),
 ) -> InitReport:
     """Writes a complete, verified bundle folder at `out` from a model file and sample inputs.
 
@@ -323,6 +346,7 @@ def init_bundle(
             options=options,
             features=features,
             input_shapes=dict(input_shapes or {}),
+            inputs=inputs,
         )
         if out.exists():
             out.rmdir()
@@ -355,6 +379,7 @@ def _build(
     options: RuntimeOptions | None,
     features: FeatureHook | None = None,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
+    inputs: Sequence[dict[str, Any]] = (),
 ) -> InitReport:
     model_name = f"model{model_file.suffix.lower()}"
     runtime_for(model_file)
@@ -362,13 +387,22 @@ def _build(
     input_shapes = input_shapes or {}
     backend = open_backend(work / model_name, options, shapes=input_shapes)
     review: list[str] = []
-    if len(backend.inputs) != 1:
+    data_spec = backend.inputs[0]
+    if inputs:
+        data_names = [item["name"] for item in inputs if item.get("role") == "data"]
+        found = [spec for spec in backend.inputs if spec.name in data_names]
+        if len(data_names) != 1 or not found:
+            raise ManifestError('`inputs` must name exactly one data input of the model (role "data")')
+        data_spec = found[0]
+    elif len(backend.inputs) != 1:
+        names = ", ".join(f"'{s.name}'" for s in backend.inputs)
         raise ManifestError(
-            f"the model has {len(backend.inputs)} inputs; edge-agent feeds models with one input"
+            f"the model has {len(backend.inputs)} inputs ({names}): describe each with --inputs (a data input, "
+            "constants, states fed from outputs; docs/byom.md)"
         )
     for pinned_name, pinned in input_shapes.items():
         review.append(f"input '{pinned_name}' pinned to {list(pinned)} at load (the model file is unchanged)")
-    contract = input_contract or draft_input(backend.inputs[0], hints, samples, review)
+    contract = input_contract or draft_input(data_spec, hints, samples, review)
     base: dict[str, Any] = {
         "schema": 1,
         "name": name,
@@ -378,21 +412,22 @@ def _build(
         "model": model_name,
         "input": contract.model_dump(),
         "input_shapes": {name: list(shape) for name, shape in input_shapes.items()},
+        "inputs": list(inputs or ()),
         "latency_budgets": list(latency_budgets),
-        "output": draft_output(task, output, backend.inputs, backend.outputs, review),
+        "output": draft_output(task, output, (data_spec,), backend.outputs, review),
     }
     if labels:
         (work / "labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
         base["labels"] = "labels.txt"
     model = Model(Bundle(work, _manifest(base, work), tuple(labels or ())), backend=backend)
-    results = [model.infer(sample) for sample in samples]
+    results = [_fresh(model, sample) for sample in samples]
     if task == "anomaly" and "threshold" not in (output or {}):
         scores = np.array([r.score for r in results if isinstance(r, AnomalyResult)])
         threshold = float(np.quantile(scores, 0.995) * 1.25) if scores.size else 0.0
         base["output"] = {**base["output"], "threshold": threshold}
         review.append(f"anomaly threshold {threshold:.4g}: 1.25 x the 99.5th percentile of the sample scores")
         model = Model(Bundle(work, _manifest(base, work), tuple(labels or ())), backend=backend)
-        results = [model.infer(sample) for sample in samples]
+        results = [_fresh(model, sample) for sample in samples]
     golden_dir = work / "golden"
     golden_dir.mkdir()
     cases = []

@@ -69,7 +69,9 @@ class GoldenReport:
 
 
 def expected_outputs(model: Model, data: np.ndarray) -> list[np.ndarray]:
-    """Dequantized outputs of one source input, as stored in a golden `expected` file."""
+    """Dequantized outputs of one source input, as stored in a golden `expected` file (a stateful model from its
+    initial state, so that every case stands alone)."""
+    model.reset_state()
     prepared = model.prepare(data)
     return model.dequantize(model.invoke(prepared.tensor))
 

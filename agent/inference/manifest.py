@@ -266,6 +266,31 @@ OutputContract = Annotated[
 ]
 
 
+class ModelInput(_Strict):
+    """One input of a model with several: the data input (fed by the input contract), a constant, or a state fed
+    from a named output of the previous call."""
+
+    name: str = Field(min_length=1, description="The model's input tensor name.")
+    role: Literal["data", "constant", "state"]
+    value: float | tuple[float, ...] | None = Field(
+        None, description="constant: the value (a scalar broadcast to the input's shape, or every element)."
+    )
+    from_output: str | None = Field(
+        None, description="state: the output whose value feeds this input next call."
+    )
+    initial: float = Field(0.0, description="state: the value it starts from and is reset to.")
+
+    @model_validator(mode="after")
+    def _check_role(self) -> ModelInput:
+        if self.role == "constant" and self.value is None:
+            raise ValueError(f"constant input '{self.name}' needs a `value`")
+        if self.role == "state" and not self.from_output:
+            raise ValueError(f"state input '{self.name}' needs `from_output`, the output that feeds it")
+        if self.role != "state" and self.from_output is not None:
+            raise ValueError(f"only a state input takes `from_output` ('{self.name}' is {self.role})")
+        return self
+
+
 class LatencyBudget(_Strict):
     """The latency a model must meet on one class of device."""
 
@@ -364,6 +389,15 @@ class Manifest(_Strict):
         description="Pinned shapes by input name for models with free (dynamic) dimensions, applied at load "
         'without rewriting the model file, for example {"x": [1, 3, 48, 192]}.',
     )
+    inputs: tuple[ModelInput, ...] = Field(
+        (), description="Every input of a model with several: one `data` input, constants and states."
+    )
+    state_reset_s: float = Field(
+        2.0,
+        gt=0,
+        description="A stateful model's state is reset when this much capture time passes between two items "
+        "(or the source restarts).",
+    )
     output: OutputContract
     latency_budgets: tuple[LatencyBudget, ...] = ()
     golden: Golden | None = None
@@ -428,6 +462,15 @@ class Manifest(_Strict):
         for path in self.referenced_files():
             if path not in self.files:
                 raise ValueError(f"'{path}' is used by the manifest but not listed in `files`")
+        if self.inputs:
+            roles = [i.role for i in self.inputs]
+            if roles.count("data") != 1:
+                raise ValueError(
+                    f"`inputs` names {roles.count('data')} data inputs; exactly one is fed by `input`"
+                )
+            names = [i.name for i in self.inputs]
+            if len(set(names)) != len(names):
+                raise ValueError("`inputs` names an input twice")
         if self.task in ("detection", "segmentation", "keypoints") and self.input.kind != "image":
             raise ValueError(f"a {self.task} model needs an image input")
         return self
@@ -452,6 +495,8 @@ class Manifest(_Strict):
         # Fields that older agents do not know stay off the file when unused, so their bundles still load there.
         if not data["input_shapes"]:
             del data["input_shapes"]
+        if not data["inputs"]:
+            del data["inputs"], data["state_reset_s"]
         golden = data.get("golden")
         if golden is not None:
             for key in ("outputs", "tolerance"):

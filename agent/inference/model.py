@@ -66,11 +66,18 @@ class Model:
 
     def _check_contract(self) -> None:
         backend, manifest = self.backend, self.manifest
-        if len(backend.inputs) != 1:
+        self._feeds: list[Array | None] = []
+        self._states: list[tuple[int, int, Array]] = []  # (feed position, output index, initial value)
+        self._data_at = 0
+        if manifest.inputs:
+            self._plan_inputs()
+        elif len(backend.inputs) != 1:
+            names = ", ".join(f"'{s.name}'" for s in backend.inputs)
             raise ContractError(
-                f"the model has {len(backend.inputs)} inputs; edge-agent feeds models with one input"
+                f"the model has {len(backend.inputs)} inputs ({names}): name each in the manifest's `inputs` "
+                "(one data input, constants, states fed from outputs)"
             )
-        spec = backend.inputs[0]
+        spec = backend.inputs[self._data_at]
         contract = manifest.input
         self._image: ImagePreprocessor | None = None
         self._window: WindowPreprocessor | None = None
@@ -81,7 +88,7 @@ class Model:
             self._window = WindowPreprocessor(contract, spec)
         else:
             self._tensor = TensorPreprocessor(spec)
-        self._decoder = make_decoder(manifest, backend.inputs, backend.outputs, self.bundle.labels)
+        self._decoder = make_decoder(manifest, (spec,), backend.outputs, self.bundle.labels)
         output = manifest.output
         self._needs_input = isinstance(output, AnomalyOutput) and output.mode == "reconstruction"
         self._dequant = [_dequantizer(s) for s in backend.outputs]
@@ -117,9 +124,90 @@ class Model:
         assert self._tensor is not None
         return Prepared(self._tensor(data))
 
+    def _plan_inputs(self) -> None:
+        """Checks `inputs` against the model and lays out the feed: constants made once, states at their initial."""
+        backend = self.backend
+        by_name = {spec.name: (index, spec) for index, spec in enumerate(backend.inputs)}
+        outputs = {spec.name: (index, spec) for index, spec in enumerate(backend.outputs)}
+        declared = {item.name for item in self.manifest.inputs}
+        if declared != set(by_name):
+            missing = sorted(set(by_name) - declared)
+            unknown = sorted(declared - set(by_name))
+            raise ContractError(
+                "the manifest's `inputs` must name every model input exactly: "
+                + "; ".join(
+                    part
+                    for part in (
+                        f"not named: {', '.join(missing)}" if missing else "",
+                        f"not in the model: {', '.join(unknown)}" if unknown else "",
+                    )
+                    if part
+                )
+            )
+        self._feeds = [None] * len(backend.inputs)
+        for item in self.manifest.inputs:
+            index, spec = by_name[item.name]
+            if item.role == "data":
+                self._data_at = index
+                continue
+            if min(spec.shape, default=1) < 1:
+                raise ContractError(
+                    f"input '{item.name}' has a free size {list(spec.shape)}: pin it in `input_shapes`"
+                )
+            if item.role == "constant":
+                assert item.value is not None
+                values = np.asarray(item.value, dtype=np.float64)
+                try:
+                    constant = np.broadcast_to(values, spec.shape).astype(spec.dtype)
+                except ValueError as error:
+                    raise ContractError(
+                        f"constant input '{item.name}': {values.size} value(s) do not fit its shape "
+                        f"{list(spec.shape)}"
+                    ) from error
+                self._feeds[index] = np.ascontiguousarray(constant)
+                continue
+            assert item.from_output is not None
+            if item.from_output not in outputs:
+                known = ", ".join(outputs)
+                raise ContractError(
+                    f"state input '{item.name}' is fed from '{item.from_output}', not an output ({known})"
+                )
+            out_index, out_spec = outputs[item.from_output]
+            if min(out_spec.shape, default=1) >= 1 and tuple(out_spec.shape) != tuple(spec.shape):
+                raise ContractError(
+                    f"state input '{item.name}' {list(spec.shape)} differs from output '{out_spec.name}' "
+                    f"{list(out_spec.shape)}"
+                )
+            initial = np.full(spec.shape, item.initial, dtype=spec.dtype)
+            self._states.append((index, out_index, initial))
+            self._feeds[index] = initial.copy()
+
+    @property
+    def data_spec(self) -> TensorSpec:
+        """The model input the input contract feeds."""
+        return self.backend.inputs[self._data_at]
+
+    @property
+    def stateful(self) -> bool:
+        """Whether the model carries a state from one call to the next."""
+        return bool(self._states)
+
+    def reset_state(self) -> None:
+        """Puts every state input back to its initial value (a new stream, a gap, a restarted source)."""
+        for position, _, initial in self._states:
+            self._feeds[position] = initial.copy()
+
     def invoke(self, tensor: Array) -> list[Array]:
-        """Runs the model on a prepared input; returns its raw (possibly quantized) outputs."""
-        return self._invoke((tensor,))
+        """Runs the model on a prepared input; returns its raw (possibly quantized) outputs. A model with several
+        inputs is fed its constants and states beside it, and its states are taken from this call's outputs."""
+        if not self._feeds:
+            return self._invoke((tensor,))
+        feeds = self._feeds
+        feeds[self._data_at] = tensor
+        outputs = self._invoke(feeds)  # type: ignore[arg-type]  # every slot is filled
+        for position, out_index, _ in self._states:
+            feeds[position] = np.array(outputs[out_index], copy=True)
+        return outputs
 
     def dequantize(self, outputs: list[Array]) -> list[FloatArray]:
         """Outputs as float32, dequantized with the model's own scale and zero point."""

@@ -220,6 +220,8 @@ class WindowPreprocessor:
         self.normalized = np.empty((1, c, t) if nct else (1, t, c), dtype=np.float32)
         self._work = np.empty((t, c), dtype=np.float32)
         self._out = np.empty(self.normalized.shape, dtype=spec.dtype)
+        # a [1, time] model input (one channel, as audio models take it) gets a view of that rank
+        self._flat = len(spec.shape) == 2
 
     def __call__(self, window: Array) -> Array:
         """The model input for one window; `self.normalized` then holds the float normalised window (model layout)."""
@@ -237,7 +239,8 @@ class WindowPreprocessor:
         if not np.isfinite(work).all():
             raise InputError("the sensor window holds NaN or infinite values")
         np.copyto(self.normalized[0], work.T if self._nct else work)
-        return quantize_into(self.normalized, self.spec, self._out)
+        out = quantize_into(self.normalized, self.spec, self._out)
+        return out.reshape(1, -1) if self._flat else out
 
 
 def quantize_into(real: Array, spec: TensorSpec, out: Array) -> Array:

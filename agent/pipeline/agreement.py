@@ -31,7 +31,9 @@ def iou(a: Sequence[float], b: Sequence[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def match(mine: Sequence[Detection], theirs: Sequence[Detection], threshold: float = IOU_MATCH) -> list[float]:
+def match(
+    mine: Sequence[Detection], theirs: Sequence[Detection], threshold: float = IOU_MATCH
+) -> list[float]:
     """The IoUs of the one-to-one matches (same label, IoU >= threshold), greedy by best IoU."""
     pairs = sorted(
         (

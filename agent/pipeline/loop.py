@@ -22,11 +22,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from agent.errors import AgentError, ModelError
 from agent.inference import Model, Prepared
 from agent.pipeline.active import ActiveModel
-from agent.pipeline.mailbox import LatestMailbox
+from agent.pipeline.mailbox import Mailbox, OrderedMailbox
 from agent.pipeline.records import ResultRecord, Staged, StageTimes
 from agent.pipeline.sinks import Sink
 from agent.sources.base import Item
@@ -67,7 +68,7 @@ class InferenceLoop:
     def __init__(
         self,
         active: ActiveModel,
-        mailbox: LatestMailbox[Staged],
+        mailbox: Mailbox[Staged],
         sinks: Sequence[Sink] = (),
         observer: LoopObserver | None = None,
         settings: LoopSettings | None = None,
@@ -85,6 +86,8 @@ class InferenceLoop:
         self.progress = 0
         self.errors = 0
         self.last_error: str | None = None
+        self.state_resets = 0
+        self._last_item: tuple[str, int, float] | None = None  # source, seq, capture time of the last item
 
     @property
     def active(self) -> ActiveModel:
@@ -157,6 +160,40 @@ class InferenceLoop:
             normalized = prepared.normalized.copy() if prepared.normalized is not None else None
             return Prepared(prepared.tensor.copy(), prepared.frame_map, normalized)
 
+    def _keep_or_reset(self, model: Model, item: Item) -> None:
+        """A stateful model starts again from its initial state on a new stream: another source, a restarted one
+        (its sequence numbers went back) or a gap in capture time over the manifest's bound."""
+        last, self._last_item = self._last_item, (item.source, item.seq, item.captured_mono)
+        if last is None:
+            return
+        source, seq, captured = last
+        gap = item.captured_mono - captured
+        if item.source != source or item.seq <= seq or gap > model.manifest.state_reset_s:
+            model.reset_state()
+            self.state_resets += 1
+            log.info(
+                "model state reset: %s",
+                "new source"
+                if item.source != source
+                else "source restarted"
+                if item.seq <= seq
+                else f"gap {gap:.1f} s",
+            )
+
+    def queue_status(self) -> dict[str, Any] | None:
+        """For a stateful model's ordered queue: backlog, deepest backlog, how long capture was held back."""
+        mailbox = self._mailbox
+        if not isinstance(mailbox, OrderedMailbox):
+            return None
+        return {
+            "backlog": mailbox.backlog,
+            "capacity": mailbox.capacity,
+            "deepest": mailbox.deepest,
+            "times_full": mailbox.full_count,
+            "held_s": round(mailbox.held_s, 3),
+            "state_resets": self.state_resets,
+        }
+
     def busy_s(self, now: float | None = None) -> float:
         """How long the item in flight has been in the model (0 when idle)."""
         since = self._busy_since
@@ -208,6 +245,8 @@ class InferenceLoop:
                 t0, t1 = t1, time.perf_counter()
             else:
                 t0 = t1 - staged.preprocess_s
+            if model.stateful:
+                self._keep_or_reset(model, item)
             raw = model.invoke(prepared.tensor)
             t2 = time.perf_counter()
             result = model.decode(raw, prepared)
@@ -255,9 +294,7 @@ def warm_up(model: Model, runs: int, sample: Array | None = None) -> float:
     if runs <= 0:
         return 0.0
     data = (
-        sample
-        if sample is not None
-        else synthetic_input(model.manifest.input, tuple(model.backend.inputs[0].shape))
+        sample if sample is not None else synthetic_input(model.manifest.input, tuple(model.data_spec.shape))
     )
     start = time.perf_counter()
     for _ in range(runs):
