@@ -42,7 +42,12 @@ SKIMAGE = Wheel(
     ("--only-binary=:all:", "--python-version", "3.11", "--platform", "manylinux_2_17_x86_64"),
 )
 
+SILERO = Wheel("silero-vad==6.2.3", "silero_vad-6.2.3-*.whl")
+
 MODELS: dict[str, tuple[Wheel, str]] = {
+    # Silero's voice activity detector: a stateful audio model with three inputs (512 samples at 16 kHz, a
+    # recurrent state [2, batch, 128] fed back from the `stateN` output, and the sample rate as a constant)
+    "silero-vad.onnx": (SILERO, "silero_vad/data/silero_vad_16k_op15.onnx"),
     # text-direction classifier of PaddleOCR: input x [?, 3, ?, ?] (free height and width), 2 classes
     "ocr-cls.onnx": (RAPIDOCR, "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"),
     # face mesh: float16 weights (DEQUANTIZE ops), two outputs of very different ranges (1404 coordinates in

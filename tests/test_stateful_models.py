@@ -1,0 +1,154 @@
+"""Multi-input and stateful models: Silero's voice activity detector (from the silero-vad wheel) fed its recurrent
+state and sample rate by the agent, across a stream, equal to a bare onnxruntime loop that carries the state by
+hand; the manifest's `inputs` checked against the model; the ordered queue that drops nothing."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from conftest import assert_clean_error, edit_manifest, run_cli
+
+from agent.errors import ContractError
+from agent.inference import Model
+from agent.inference.bundle import load_bundle
+from agent.pipeline.mailbox import OrderedMailbox
+
+pytest_plugins = ["public_models"]  # the session fixture `public_models`
+
+INPUTS = [
+    {"name": "input", "role": "data"},
+    {"name": "state", "role": "state", "from_output": "stateN"},
+    {"name": "sr", "role": "constant", "value": 16000},
+]
+RATE, WINDOW = 16000, 512
+
+
+def stream(seconds: float, seed: int = 1) -> np.ndarray:
+    """Noise, then a tone with a vowel-like envelope from 0.7 s: float32 [samples, 1]."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(RATE * seconds) // WINDOW * WINDOW) / RATE
+    voiced = 0.4 * np.sin(2 * np.pi * 180 * t) * (1 + 0.5 * np.sin(2 * np.pi * 4 * t)) * (t > 0.7)
+    return (voiced + 0.02 * rng.standard_normal(t.size)).astype(np.float32)[:, None]
+
+
+@pytest.fixture(scope="module")
+def vad(public_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("vad")
+    windows = stream(1.0).reshape(-1, WINDOW, 1)[:16]
+    np.save(folder / "windows.npy", windows)
+    out = folder / "silero-vad"
+    run_cli(
+        "model", "init", str(public_models["silero-vad.onnx"]), "--task", "raw", "--channels", "audio",
+        "--input-shape", "input=1,512", "--input-shape", "state=2,1,128", "--inputs", json.dumps(INPUTS),
+        "--samples", str(folder / "windows.npy"), "--out", str(out), "--name", "silero-vad", check=True,
+    )  # fmt: skip
+    return out
+
+
+def test_a_stateful_model_across_a_stream_equals_a_bare_runtime_loop_carrying_the_state_by_hand(
+    vad: Path, public_models: dict[str, Path]
+) -> None:
+    windows = stream(2.0).reshape(-1, WINDOW, 1)
+    session = ort.InferenceSession(str(public_models["silero-vad.onnx"]), providers=["CPUExecutionProvider"])
+    state = np.zeros((2, 1, 128), np.float32)
+    sr = np.array(RATE, dtype=np.int64)
+    bare = []
+    for window in windows:
+        probability, state = session.run(None, {"input": window.T.copy(), "state": state, "sr": sr})
+        bare.append(float(probability.reshape(-1)[0]))
+    model = Model.load(vad)
+    try:
+        assert model.stateful
+        agent = [
+            float(model.dequantize(model.invoke(model.prepare(w).tensor))[0].reshape(-1)[0]) for w in windows
+        ]
+        stateless = []
+        for window in windows:
+            model.reset_state()
+            stateless.append(
+                float(model.dequantize(model.invoke(model.prepare(window).tensor))[0].reshape(-1)[0])
+            )
+    finally:
+        model.close()
+    np.testing.assert_allclose(agent, bare, rtol=1e-5, atol=1e-6)
+    assert stateless[0] == pytest.approx(bare[0], abs=1e-6)  # a reset is the initial state
+    # the state matters: the same windows each from the initial state score otherwise
+    assert max(abs(a - b) for a, b in zip(stateless[1:], bare[1:], strict=True)) > 1e-4
+
+
+def test_a_stateful_bundle_verifies_each_golden_case_from_the_initial_state(vad: Path) -> None:
+    report = json.loads(run_cli("model", "verify", "--json", str(vad), check=True).stdout)
+    assert report["passed"] and {o["name"] for o in report["cases"][0]["outputs"]} == {"output", "stateN"}
+    manifest = json.loads((vad / "manifest.json").read_text())
+    assert [i["role"] for i in manifest["inputs"]] == ["data", "state", "constant"]
+    assert manifest["input"] == {
+        "kind": "window", "layout": "NCT", "length": 512, "channels": ["audio"], "mean": [0.0], "std": [1.0],
+    }  # fmt: skip
+    bench = json.loads(run_cli("bench", "--json", "--model", str(vad), "--runs", "5", "--warmup", "1").stdout)
+    assert bench["stages"]["invoke"]["runs"] == 5
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        (INPUTS[:2], "not named: sr"),
+        ([*INPUTS, {"name": "extra", "role": "constant", "value": 1}], "not in the model: extra"),
+        (
+            [INPUTS[0], {"name": "state", "role": "state", "from_output": "nope"}, INPUTS[2]],
+            "state input 'state' is fed from 'nope', not an output",
+        ),
+        (
+            [*INPUTS[:2], {"name": "sr", "role": "constant", "value": [1, 2]}],
+            "constant input 'sr': 2 value(s) do not fit its shape []",
+        ),
+    ],
+)
+def test_inputs_that_do_not_fit_the_model_are_refused_at_load_naming_what_differs(
+    vad: Path, tmp_path: Path, inputs: list[dict[str, object]], message: str
+) -> None:
+    bundle = tmp_path / "b"
+    shutil.copytree(vad, bundle)
+    edit_manifest(bundle, inputs=inputs)
+    with pytest.raises(ContractError, match=re.escape(message)):
+        Model(load_bundle(bundle))
+
+
+def test_a_model_with_several_inputs_and_no_description_is_refused_by_init_naming_them(
+    public_models: dict[str, Path], tmp_path: Path
+) -> None:
+    np.save(tmp_path / "w.npy", np.zeros((2, 512, 1), np.float32))
+    result = run_cli(
+        "model", "init", str(public_models["silero-vad.onnx"]), "--task", "raw", "--channels", "audio",
+        "--samples", str(tmp_path / "w.npy"), "--out", str(tmp_path / "b"),
+    )  # fmt: skip
+    assert_clean_error(result, "the model has 3 inputs ('input', 'state', 'sr')", "--inputs")
+
+
+def test_the_ordered_queue_drops_nothing_and_holds_the_producer_back_when_full() -> None:
+    queue: OrderedMailbox[int] = OrderedMailbox(capacity=4)
+    for number in range(4):
+        queue.put(number)
+    finished = threading.Event()
+
+    def producer() -> None:
+        queue.put(4)  # full: waits for room
+        finished.set()
+
+    thread = threading.Thread(target=producer)
+    thread.start()
+    time.sleep(0.2)
+    assert not finished.is_set() and queue.backlog == 4
+    got = [queue.get(1.0) for _ in range(5)]
+    thread.join(2)
+    assert got == [0, 1, 2, 3, 4] and finished.is_set()
+    assert queue.dropped == 0 and queue.full_count == 1 and queue.held_s > 0.1 and queue.deepest == 4
+    queue.close()
+    assert queue.get(0.1) is None
