@@ -206,7 +206,8 @@ class Model:
         feeds[self._data_at] = tensor
         outputs = self._invoke(feeds)  # type: ignore[arg-type]  # every slot is filled
         for position, out_index, _ in self._states:
-            feeds[position] = np.array(outputs[out_index], copy=True)
+            # both runtimes hand back fresh arrays each call (ORT's outputs, LiteRT's get_tensor copies): no copy
+            feeds[position] = outputs[out_index]
         return outputs
 
     def dequantize(self, outputs: list[Array]) -> list[FloatArray]:
