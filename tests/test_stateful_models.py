@@ -152,3 +152,57 @@ def test_the_ordered_queue_drops_nothing_and_holds_the_producer_back_when_full()
     assert queue.dropped == 0 and queue.full_count == 1 and queue.held_s > 0.1 and queue.deepest == 4
     queue.close()
     assert queue.get(0.1) is None
+
+
+class _Collect:
+    """A sink that keeps every record, in order."""
+
+    name = "collect"
+
+    def __init__(self) -> None:
+        self.records: list[object] = []
+
+    def emit(self, record: object) -> None:
+        self.records.append(record)
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_loop_feeds_a_stateful_model_every_item_in_order_and_resets_its_state_on_a_gap_or_a_restart(
+    vad: Path,
+) -> None:
+    from agent.pipeline import ActiveModel, InferenceLoop
+    from agent.pipeline.records import Staged
+    from agent.sources.base import Item
+
+    windows = stream(1.0).reshape(-1, WINDOW, 1)[:12]
+    model = Model.load(vad)
+    expected = []
+    for index, window in enumerate(windows):
+        if index in (0, 6, 9):  # a gap before item 6, the source restarting at item 9
+            model.reset_state()
+        expected.append(float(model.dequantize(model.invoke(model.prepare(window).tensor))[0].reshape(-1)[0]))
+    model.reset_state()
+    queue: OrderedMailbox[Staged] = OrderedMailbox(capacity=4)
+    sink = _Collect()
+    loop = InferenceLoop(ActiveModel(model), queue, sinks=[sink])
+    loop.start()
+    try:
+        clock = 100.0
+        for index, window in enumerate(windows):
+            clock += 5.0 if index == 6 else 0.032
+            seq = index - 9 if index >= 9 else index  # a restarted source numbers from 0 again
+            loop.deliver(Item(window, seq, clock, clock, "window", "mic"))
+        deadline = time.monotonic() + 10
+        while len(sink.records) < len(windows) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        loop.stop()
+        model.close()
+    got = [float(r.result.tensors[0].mean) for r in sink.records]
+    assert len(got) == len(windows) and queue.dropped == 0
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert loop.state_resets == 2
+    status = loop.queue_status()
+    assert status is not None and status["capacity"] == 4 and status["state_resets"] == 2
