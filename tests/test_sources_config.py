@@ -30,6 +30,8 @@ MINIMAL = {
     "serial": {},
     "jsonl": {},
     "synthetic": {},
+    "wav": {"path": "tone.wav"},
+    "alsa": {},
 }
 
 

@@ -82,6 +82,8 @@ def test_unit_has_the_service_contract_the_daemon_relies_on() -> None:
     assert single["ProtectSystem"] == "strict" and single["DevicePolicy"] == "closed"
     assert single["RestrictAddressFamilies"] == "AF_UNIX AF_INET AF_INET6 AF_NETLINK"
     assert "char-video4linux rw" in service["DeviceAllow"] and "char-ttyUSB rw" in service["DeviceAllow"]
+    assert "char-alsa rw" in service["DeviceAllow"]  # microphones: /dev/snd/* (the `alsa` source's arecord)
+    assert set(single["SupplementaryGroups"].split()) == {"video", "dialout", "audio"}
     unit = _settings()["Unit"]
     assert (
         "StartLimitIntervalSec" in unit and "StartLimitBurst" in unit
@@ -99,11 +101,11 @@ def test_unit_parses_as_ini() -> None:
     shutil.which("systemd-sysusers") is None and not os.environ.get("CI"),
     reason="systemd-sysusers is not installed",
 )
-def test_sysusers_creates_the_user_in_video_and_dialout(tmp_path: Path) -> None:
+def test_sysusers_creates_the_user_in_video_dialout_and_audio(tmp_path: Path) -> None:
     etc = tmp_path / "etc"
     etc.mkdir()
     (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
-    (etc / "group").write_text("root:x:0:\ndialout:x:20:\nvideo:x:44:\n")
+    (etc / "group").write_text("root:x:0:\ndialout:x:20:\naudio:x:29:\nvideo:x:44:\n")
     done = subprocess.run(
         ["systemd-sysusers", f"--root={tmp_path}", str(SYSUSERS)], capture_output=True, text=True, timeout=60
     )
@@ -115,4 +117,5 @@ def test_sysusers_creates_the_user_in_video_and_dialout(tmp_path: Path) -> None:
     assert users["edge-agent"][5] == "/var/lib/edge-agent"
     assert users["edge-agent"][6].endswith("nologin")
     assert "edge-agent" in groups["video"] and "edge-agent" in groups["dialout"]
+    assert "edge-agent" in groups["audio"]
     assert "edge-agent" in groups

@@ -1,4 +1,4 @@
-"""Frame and sensor sources: cameras, streams, files, sensors and a synthetic sensor, behind one small protocol.
+"""Frame and sensor sources: cameras, streams, files, sensors, a synthetic sensor and audio, behind one small protocol.
 
 `open_source(config)` makes the source a config names; a `SourceRunner` runs it on its own thread, reconnects it,
 and hands each item to a callback. See `base.py` for the contract and `runner.py` for the states.
@@ -7,6 +7,7 @@ and hands each item to a callback. See `base.py` for the contract and `runner.py
 from agent.backoff import BackoffConfig
 from agent.sources.base import EndOfStream, Item, ItemKind, Source, SourceState
 from agent.sources.config import (
+    AlsaConfig,
     CsvConfig,
     FaultConfig,
     GStreamerConfig,
@@ -19,6 +20,7 @@ from agent.sources.config import (
     SyntheticConfig,
     V4L2Config,
     VideoConfig,
+    WavConfig,
     default_source_config,
 )
 from agent.sources.registry import SOURCES, open_source
@@ -26,6 +28,7 @@ from agent.sources.runner import SourceRunner, SourceStatus
 
 __all__ = [
     "SOURCES",
+    "AlsaConfig",
     "BackoffConfig",
     "CsvConfig",
     "EndOfStream",
@@ -46,6 +49,7 @@ __all__ = [
     "SyntheticConfig",
     "V4L2Config",
     "VideoConfig",
+    "WavConfig",
     "default_source_config",
     "open_source",
 ]

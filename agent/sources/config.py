@@ -9,7 +9,7 @@ dead one) are checked here, so a config that validates cannot make a source fail
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -342,6 +342,122 @@ class SyntheticConfig(_WindowBase):
         return [float(v) for v in value] if isinstance(value, list) else [float(value)] * len(self.channels)
 
 
+# ---------------------------------------------------------------- audio
+
+
+AUDIO_WINDOW = 16_000
+"""Default window and hop of the audio sources: one second at 16 kHz, the usual keyword-spotting input."""
+
+
+class _AudioBase(_SourceBase):
+    """Fields of the audio sources: windows of PCM samples as float32 in [-1, 1], [window, channels]."""
+
+    window: int = Field(AUDIO_WINDOW, ge=1, le=10_000_000, description="Samples per window (per channel).")
+    hop: int = Field(
+        AUDIO_WINDOW,
+        ge=1,
+        le=10_000_000,
+        description="Samples between the starts of two windows. Default: `window` (windows side by side); "
+        "above `window`, the samples between windows are skipped (duty cycling).",
+    )
+    channels: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Channel names, in the order of the window's columns.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hop_defaults_to_window(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "window" in data and "hop" not in data:
+            return {**data, "hop": data["window"]}
+        return data
+
+    @model_validator(mode="after")
+    def _check_channel_names(self) -> _AudioBase:
+        if len(set(self.channels)) != len(self.channels):
+            raise ValueError(f"channel names repeat: {self.channels}")
+        return self
+
+
+class WavConfig(_AudioBase):
+    """Replay of a WAV file (PCM 8/16/24/32-bit integer or 32/64-bit float), read in chunks."""
+
+    type: Literal["wav"] = Field("wav", description="Source type.")
+    path: Path = Field(..., description="WAV file; relative paths start at the current directory.")
+    channels: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Channel names, in the file's channel order; empty: ch0, ch1, ... as many as the file has "
+        "(a count that differs from the file's is an error when the source opens).",
+    )
+    sample_rate: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="Sample rate the file must have, Hz (a file with another rate is refused); None: any.",
+    )
+    rate: Rate = Field(
+        "native",
+        description="native: real time at the file's sample rate; max: as fast as possible; a number: windows/s.",
+    )
+    loop: bool = Field(False, description="Start again at the end instead of ending (the signal continues).")
+    garbage_limit: int = Field(
+        100,
+        ge=1,
+        description="Float files only: samples with a NaN or infinite value in a row after which the source "
+        "reports an error and is reopened; fewer are counted and skipped.",
+    )
+
+    @model_validator(mode="after")
+    def _check_pace(self) -> WavConfig:
+        # native pacing without `sample_rate`: the interval is known only when the file opens (a warning there)
+        interval: tuple[str, float] | None = None
+        if isinstance(self.rate, float):
+            interval = ("1 / rate", 1.0 / self.rate)
+        elif self.rate == "native" and self.sample_rate is not None:
+            interval = ("hop / sample_rate", self.hop / self.sample_rate)
+        if interval is not None and self.stall_timeout_s <= interval[1]:
+            raise ValueError(
+                f"stall_timeout_s must exceed the time between two windows ({interval[0]} = {interval[1]:g} s)"
+            )
+        return self
+
+
+class AlsaConfig(_AudioBase):
+    """A live microphone through ALSA: `arecord` (alsa-utils) run as a child process, raw S16_LE over a pipe."""
+
+    type: Literal["alsa"] = Field("alsa", description="Source type.")
+    device: str = Field(
+        "default",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[^\s-]\S*$",
+        description="ALSA capture device, as `arecord -D` takes it: default, hw:1,0, plughw:CARD=Mic,DEV=0 "
+        "(`arecord -L` lists them).",
+    )
+    sample_rate: int = Field(16_000, ge=1_000, le=768_000, description="Sample rate asked of the device, Hz.")
+    channels: list[str] = Field(
+        default_factory=lambda: ["ch0"],
+        min_length=1,
+        max_length=32,
+        description="Channel names, in the device's channel order; their count is the channel count asked of "
+        "the device.",
+    )
+    open_timeout_s: float = Field(
+        5.0, gt=0, le=600, description="Longest wait for the first samples after starting arecord."
+    )
+
+    @model_validator(mode="after")
+    def _check_pace(self) -> AlsaConfig:
+        interval = self.hop / self.sample_rate
+        if self.stall_timeout_s <= interval:
+            raise ValueError(
+                f"stall_timeout_s must exceed the time between two windows (hop / sample_rate = {interval:g} s)"
+            )
+        return self
+
+
 SourceConfig = Annotated[
     V4L2Config
     | GStreamerConfig
@@ -352,12 +468,14 @@ SourceConfig = Annotated[
     | CsvConfig
     | SerialConfig
     | JsonlConfig
-    | SyntheticConfig,
+    | SyntheticConfig
+    | WavConfig
+    | AlsaConfig,
     Field(discriminator="type"),
 ]
 """Any source's config; `type` picks the model."""
 
-WindowSourceConfig = CsvConfig | SerialConfig | JsonlConfig | SyntheticConfig
+WindowSourceConfig = CsvConfig | SerialConfig | JsonlConfig | SyntheticConfig | WavConfig | AlsaConfig
 
 
 def default_source_config() -> SourceConfig:

@@ -34,6 +34,8 @@ SOURCES: dict[str, SourceEntry] = {
     "serial": SourceEntry("agent.sources.serial_port", "SerialSource"),
     "jsonl": SourceEntry("agent.sources.jsonl", "JsonlSource"),
     "synthetic": SourceEntry("agent.sources.synthetic", "SyntheticSource"),
+    "wav": SourceEntry("agent.sources.wav", "WavSource"),
+    "alsa": SourceEntry("agent.sources.alsa", "AlsaSource"),
 }
 
 
