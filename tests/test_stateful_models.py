@@ -206,3 +206,59 @@ def test_the_loop_feeds_a_stateful_model_every_item_in_order_and_resets_its_stat
     assert loop.state_resets == 2
     status = loop.queue_status()
     assert status is not None and status["capacity"] == 4 and status["state_resets"] == 2
+
+
+def test_a_stateful_model_in_the_daemon_on_a_wav_file_scores_every_window_as_the_bare_loop_does(
+    vad: Path, public_models: dict[str, Path], tmp_path: Path
+) -> None:
+    import wave
+
+    from daemon_support import DaemonDir, start_daemon, stop
+
+    signal = stream(1.5)
+    path = tmp_path / "speech.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(RATE)
+        out.writeframes((np.clip(signal[:, 0], -1, 1) * 32767).astype("<i2").tobytes())
+    with wave.open(str(path), "rb") as back:  # the samples as the source decodes them
+        decoded = np.frombuffer(back.readframes(back.getnframes()), "<i2").astype(np.float32) / 32768.0
+    windows = decoded.reshape(-1, WINDOW)
+    session = ort.InferenceSession(str(public_models["silero-vad.onnx"]), providers=["CPUExecutionProvider"])
+    state, bare = np.zeros((2, 1, 128), np.float32), []
+    for window in windows:
+        probability, state = session.run(
+            None, {"input": window[None], "state": state, "sr": np.array(RATE, dtype=np.int64)}
+        )
+        bare.append(float(probability.reshape(-1)[0]))
+    folder = DaemonDir()
+    try:
+        results = folder.root / "results.jsonl"
+        folder.write(
+            f"""
+[model]
+bundle = "{vad}"
+[source]
+type = "wav"
+path = "{path}"
+window = {WINDOW}
+channels = ["audio"]
+rate = "max"
+[sinks.jsonl]
+enabled = true
+path = "{results}"
+"""
+        )
+        process = start_daemon(folder, "--duration", "4")
+        try:
+            output, _ = process.communicate(timeout=60)
+        finally:
+            stop(process)
+        assert process.returncode == 0, output
+        lines = [json.loads(line) for line in results.read_text().splitlines()]
+    finally:
+        folder.cleanup()
+    got = [r["result"]["tensors"][0]["mean"] for r in lines]
+    assert [r["seq"] for r in lines] == list(range(len(windows)))  # every window, in order, none dropped
+    np.testing.assert_allclose(got, bare, rtol=1e-4, atol=1e-5)

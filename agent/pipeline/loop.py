@@ -128,6 +128,7 @@ class InferenceLoop:
             )
         try:
             old, self._active = self._active, new
+            self._last_item = None  # a stateful newcomer starts from its initial state
             if on_swap is not None:
                 try:
                     on_swap()
@@ -161,10 +162,11 @@ class InferenceLoop:
             return Prepared(prepared.tensor.copy(), prepared.frame_map, normalized)
 
     def _keep_or_reset(self, model: Model, item: Item) -> None:
-        """A stateful model starts again from its initial state on a new stream: another source, a restarted one
-        (its sequence numbers went back) or a gap in capture time over the manifest's bound."""
+        """A stateful model starts from its initial state at its first item and again on a new stream: another
+        source, a restarted one (its sequence numbers went back) or a gap in capture time over the manifest's bound."""
         last, self._last_item = self._last_item, (item.source, item.seq, item.captured_mono)
-        if last is None:
+        if last is None:  # the first item this model serves here: whatever warm-up or a self-test left goes
+            model.reset_state()
             return
         source, seq, captured = last
         gap = item.captured_mono - captured
