@@ -190,7 +190,7 @@ class AnomalyConfig(Section):
         10.0, ge=0, description="At most one anomaly event per this many seconds while it lasts."
     )
     labels: tuple[str, ...] = Field(
-        (), description="Detection/classification labels that count as anomalies (e.g. ['person'])."
+        (), description="Detection, classification and segmentation-region labels that count as anomalies (e.g. ['person'])."
     )
     min_score: float = Field(0.5, ge=0, le=1, description="Score a listed label needs to count.")
     max_objects: int | None = Field(

@@ -203,7 +203,7 @@ enabled = true
 path = "{results}"
 """
         )
-        process = start_daemon(folder, "--duration", "3")
+        process = start_daemon(folder, "--duration", "2")
         try:
             output, _ = process.communicate(timeout=60)
         finally:

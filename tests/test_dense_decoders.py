@@ -195,19 +195,27 @@ fps = 20
 [sinks.jsonl]
 enabled = true
 path = "{results}"
+[monitor.anomaly]
+labels = ["person"]
 """
         )
-        process = start_daemon(folder, "--duration", "3")
+        process = start_daemon(folder, "--duration", "2")
         try:
             output, _ = process.communicate(timeout=60)
         finally:
             stop(process)
         assert process.returncode == 0, output
         lines = [json.loads(line)["result"] for line in results.read_text().splitlines()]
+        snapshots = sorted((folder.state / "snapshots").glob("*.jpg"))
+        shot = cv2.imread(str(snapshots[0])) if snapshots else None
     finally:
         folder.cleanup()
     assert len(lines) >= 5
     if which == "selfie":
         assert all(r["task"] == "segmentation" and r["regions"] for r in lines)
+        # a person region is an anomaly under the rule: its snapshot has the region's box drawn (yellow)
+        assert shot is not None
+        yellow = (shot[:, :, 0] < 80) & (shot[:, :, 1] > 180) & (shot[:, :, 2] > 180)
+        assert yellow.sum() > 100
     else:
         assert all(r["task"] == "keypoints" and r["present"] and len(r["keypoints"]) == 468 for r in lines)

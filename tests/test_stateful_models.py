@@ -94,6 +94,9 @@ def test_a_stateful_bundle_verifies_each_golden_case_from_the_initial_state(vad:
     }  # fmt: skip
     bench = json.loads(run_cli("bench", "--json", "--model", str(vad), "--runs", "5", "--warmup", "1").stdout)
     assert bench["stages"]["invoke"]["runs"] == 5
+    windows = vad.parent / "windows.npy"
+    infer = json.loads(run_cli("infer", "--json", "--model", str(vad), str(windows), check=True).stdout)
+    assert len(infer["results"]) == 16 and infer["results"][0]["result"]["tensors"][0]["name"] == "output"
 
 
 @pytest.mark.parametrize(
@@ -250,7 +253,7 @@ enabled = true
 path = "{results}"
 """
         )
-        process = start_daemon(folder, "--duration", "4")
+        process = start_daemon(folder, "--duration", "2.5")
         try:
             output, _ = process.communicate(timeout=60)
         finally:

@@ -133,6 +133,7 @@ def run_infer(args: argparse.Namespace) -> int:
     for path in args.files:
         try:
             items = load_inputs(path, model.manifest.input, args.hop)
+            model.reset_state()  # a stateful model reads each file as one stream from its initial state
             for name, data in items:
                 start = time.perf_counter()
                 prepared = model.prepare(data)

@@ -27,6 +27,7 @@ from agent.daemon.operations import OperationsWatch, anomaly_rules
 from agent.daemon.ports import Reporter
 from agent.errors import AgentError
 from agent.events import AgentEvent
+from agent.inference import Result
 from agent.inference.reference import DriftReference
 from agent.monitor.anomaly import AnomalyTracker
 from agent.monitor.calibration import Calibration
@@ -37,7 +38,7 @@ from agent.monitor.reference import bundle_calibration, spec_of
 from agent.pipeline import ActiveModel, LoopObserver, ResultRecord
 from agent.pipeline.samples import SampleStore
 from agent.pipeline.sinks import ThreadedSink
-from agent.pipeline.snapshots import SnapshotStore
+from agent.pipeline.snapshots import SnapshotStore, overlay
 from agent.sources.base import Item
 
 log = logging.getLogger("agent.monitor")
@@ -89,9 +90,9 @@ class Monitors(LoopObserver):
         self._capture = (
             HardExamples(capture, ports.samples) if capture.enabled and ports.samples is not None else None
         )
-        self._writer: ThreadedSink[tuple[AgentEvent | None, Item | None, CaptureJob | None]] = ThreadedSink(
-            "events", self._write
-        )
+        self._writer: ThreadedSink[
+            tuple[AgentEvent | None, Item | None, CaptureJob | None, Result | None]
+        ] = ThreadedSink("events", self._write)
         self.rebind(active, count_swap=False)
 
     # ------------------------------------------------------------------ model changes
@@ -230,7 +231,7 @@ class Monitors(LoopObserver):
         self._capture_result(record)
         event = self._anomaly.update(record.result, now, item.seq)
         if event is not None:
-            self._post(event, item if event.wants_snapshot and item.kind == "frame" else None)
+            self._post(event, item if event.wants_snapshot and item.kind == "frame" else None, record.result)
         drift = self._drift
         if drift is not None:
             if self._reset_baseline is drift:
@@ -287,21 +288,24 @@ class Monitors(LoopObserver):
     def _capture_result(self, record: ResultRecord) -> None:
         job = self._capture.observe(record) if self._capture is not None else None
         if job is not None:
-            self._writer.emit((None, None, job))  # a low-confidence hard example: no event
+            self._writer.emit((None, None, job, None))  # a low-confidence hard example: no event
 
-    def _post(self, event: AgentEvent, item: Item | None) -> None:
+    def _post(self, event: AgentEvent, item: Item | None, result: Result | None = None) -> None:
         # The hard example behind an anomaly or drift event is the newest record's item (drift events carry none).
         job = self._capture.for_event(event) if self._capture is not None else None
-        self._writer.emit((event, item, job))  # never blocks: a full queue drops (and counts) the event
+        self._writer.emit(
+            (event, item, job, result)
+        )  # never blocks: a full queue drops (and counts) the event
 
-    def _write(self, work: tuple[AgentEvent | None, Item | None, CaptureJob | None]) -> None:
-        event, item, job = work
+    def _write(self, work: tuple[AgentEvent | None, Item | None, CaptureJob | None, Result | None]) -> None:
+        event, item, job, result = work
         sample = self._capture.save(job) if job is not None and self._capture is not None else None
         if event is None:
             return
         snapshot: str | None = None
         if item is not None and self._snapshots is not None:
-            ref = self._snapshots.save(item.data, f"{event.type}-{item.seq}", time.time())
+            frame = overlay(item.data, result) if result is not None else item.data
+            ref = self._snapshots.save(frame, f"{event.type}-{item.seq}", time.time())
             snapshot = ref.name if ref is not None else None
         evidence = dict(event.evidence)
         if item is not None:

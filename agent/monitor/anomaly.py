@@ -25,7 +25,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.events import AgentEvent, Phase, Severity
-from agent.inference.results import AnomalyResult, ClassificationResult, DetectionResult, Result
+from agent.inference.results import (
+    AnomalyResult,
+    ClassificationResult,
+    DetectionResult,
+    Result,
+    SegmentationResult,
+)
 from agent.monitor.episodes import Episode, Hysteresis
 
 
@@ -76,6 +82,8 @@ def assess(result: Result | Mapping[str, Any], rules: AnomalyRules) -> Finding:
             return _assess_labels(result.labels, "classified as ", rules, top_only=True)
         case DetectionResult():
             return _assess_detections(result.detections, rules)
+        case SegmentationResult():  # its regions have a label and a score, as detections do
+            return _assess_detections(result.regions, rules)
     return _NORMAL
 
 
@@ -88,6 +96,8 @@ def _assess_dict(data: Mapping[str, Any], rules: AnomalyRules) -> Finding:
         return _assess_labels(data.get("labels"), "classified as ", rules, top_only=True)
     if task == "detection":
         return _assess_detections(data.get("detections"), rules)
+    if task == "segmentation":
+        return _assess_detections(data.get("regions"), rules)
     return _NORMAL
 
 

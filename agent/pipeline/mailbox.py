@@ -7,12 +7,15 @@ replaced one is counted as dropped), so a slow consumer always gets the newest i
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
 from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
+
+log = logging.getLogger("agent.pipeline")
 
 
 class Mailbox(Protocol[T]):
@@ -99,6 +102,12 @@ class OrderedMailbox(Generic[T]):
         with self._cond:
             if len(self._items) >= self.capacity and not self._closed:
                 self.full_count += 1
+                if self.full_count == 1 or self.full_count % 100 == 0:
+                    log.warning(
+                        "the model falls behind its source: %d items queued, capture held back (%d times so far)",
+                        len(self._items),
+                        self.full_count,
+                    )
                 started = time.monotonic()
                 while len(self._items) >= self.capacity and not self._closed:
                     self._cond.wait(0.5)

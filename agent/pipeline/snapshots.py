@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from agent.errors import InputError
+from agent.inference import KeypointsResult, Result, SegmentationResult
 from agent.pipeline.budget import BudgetFolder
 from agent.types import Array
 
@@ -184,3 +185,26 @@ class SnapshotStore:
     def status(self) -> dict[str, Any]:
         """JSON-ready figures for `status`."""
         return self._store.status()
+
+
+def overlay(frame: Array, result: Result) -> Array:
+    """The frame with what a segmentation or keypoints result reports drawn on it (a copy): each region's box and
+    label with its share, each landmark as a dot; other results (and non-colour frames) come back as they are."""
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        return frame
+    if isinstance(result, SegmentationResult) and result.regions:
+        drawn: Array = np.array(frame, copy=True)
+        for region in result.regions:
+            x1, y1, x2, y2 = (round(v) for v in region.box)
+            cv2.rectangle(drawn, (x1, y1), (max(x2 - 1, x1), max(y2 - 1, y1)), (0, 255, 255), 2)
+            text = f"{region.label} {region.share:.0%}"
+            cv2.putText(
+                drawn, text, (x1 + 2, max(y1 + 14, 14)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 255, 255), 1
+            )
+        return drawn
+    if isinstance(result, KeypointsResult) and result.keypoints and result.present:
+        drawn = np.array(frame, copy=True)
+        for point in result.keypoints:
+            cv2.circle(drawn, (round(point.x), round(point.y)), 2, (0, 255, 0), -1)
+        return drawn
+    return frame
