@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +123,31 @@ __all__ = [
     "wait_for",
     "wait_status",
 ]
+
+
+@dataclass(frozen=True)
+class JsonlRun:
+    """What `run_with_jsonl` saw: every result record the daemon wrote, and the files under its state folder."""
+
+    records: list[dict[str, Any]]
+    snapshots: list[bytes]
+
+
+def run_with_jsonl(toml: str, seconds: float) -> JsonlRun:
+    """`edge-agent run --duration SECONDS` on a fresh folder with `toml` plus a jsonl sink, to its own exit (status
+    0 asserted); returns the result records in order and the bytes of the event snapshots it kept."""
+    folder = DaemonDir()
+    try:
+        results = folder.root / "results.jsonl"
+        folder.write(f'{toml.strip()}\n[sinks.jsonl]\nenabled = true\npath = "{results}"\n')
+        process = start_daemon(folder, "--duration", str(seconds))
+        try:
+            output, _ = process.communicate(timeout=60)
+        finally:
+            stop(process)
+        assert process.returncode == 0, output
+        records = [json.loads(line) for line in results.read_text().splitlines()]
+        shots = [p.read_bytes() for p in sorted((folder.state / "snapshots").glob("*.jpg"))]
+        return JsonlRun(records, shots)
+    finally:
+        folder.cleanup()

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import assert_clean_error, run_cli
-from daemon_support import DaemonDir, start_daemon, stop
+from daemon_support import run_with_jsonl
 
 from agent.errors import ContractError
 from agent.inference import Model
@@ -187,31 +187,15 @@ def test_an_anchor_detector_through_verify_bench_and_the_daemon(
     pictures.mkdir()
     for name in ("astronaut.png", "chelsea.png"):
         (pictures / name).write_bytes(public_models[name].read_bytes())
-    folder = DaemonDir()
-    try:
-        results = folder.root / "results.jsonl"
-        folder.write(
-            f"""
+    toml = f"""
 [model]
 bundle = "{face}"
 [source]
 type = "images"
 folder = "{pictures}"
 fps = 20
-[sinks.jsonl]
-enabled = true
-path = "{results}"
 """
-        )
-        process = start_daemon(folder, "--duration", "2")
-        try:
-            output, _ = process.communicate(timeout=60)
-        finally:
-            stop(process)
-        assert process.returncode == 0, output
-        lines = [json.loads(line) for line in results.read_text().splitlines()]
-    finally:
-        folder.cleanup()
+    lines = run_with_jsonl(toml, 2).records
     faces = [r["result"]["detections"] for r in lines if r["result"]["detections"]]
     assert lines and faces and all(len(d) == 1 and len(d[0]["keypoints"]) == 6 for d in faces)
     assert any(not r["result"]["detections"] for r in lines)  # the cat

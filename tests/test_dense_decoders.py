@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import run_cli
-from daemon_support import DaemonDir, start_daemon, stop
+from daemon_support import run_with_jsonl
 
 from agent.inference import KeypointsResult, Model, SegmentationResult
 from agent.inference.dense import SegmentationDecoder
@@ -180,11 +180,7 @@ def test_segmentation_and_landmark_bundles_run_through_verify_bench_and_the_daem
     pictures = tmp_path / "pictures"
     pictures.mkdir()
     (pictures / "face.png").write_bytes(bundles["face"].read_bytes())
-    folder = DaemonDir()
-    try:
-        results = folder.root / "results.jsonl"
-        folder.write(
-            f"""
+    toml = f"""
 [model]
 bundle = "{bundle}"
 [source]
@@ -192,24 +188,14 @@ type = "images"
 folder = "{pictures}"
 loop = true
 fps = 20
-[sinks.jsonl]
-enabled = true
-path = "{results}"
 [monitor.anomaly]
 labels = ["person"]
 """
-        )
-        process = start_daemon(folder, "--duration", "2")
-        try:
-            output, _ = process.communicate(timeout=60)
-        finally:
-            stop(process)
-        assert process.returncode == 0, output
-        lines = [json.loads(line)["result"] for line in results.read_text().splitlines()]
-        snapshots = sorted((folder.state / "snapshots").glob("*.jpg"))
-        shot = cv2.imread(str(snapshots[0])) if snapshots else None
-    finally:
-        folder.cleanup()
+    run = run_with_jsonl(toml, 2)
+    lines = [record["result"] for record in run.records]
+    shot = (
+        cv2.imdecode(np.frombuffer(run.snapshots[0], np.uint8), cv2.IMREAD_COLOR) if run.snapshots else None
+    )
     assert len(lines) >= 5
     if which == "selfie":
         assert all(r["task"] == "segmentation" and r["regions"] for r in lines)

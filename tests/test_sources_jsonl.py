@@ -27,10 +27,20 @@ def folder() -> Iterator[Path]:
 
 
 def connect(path: Path) -> socket.socket:
+    """Connects as a sensor helper does: the socket file appears at bind, a moment before the source listens, so a
+    refused connection is tried again (as producers must)."""
     wait_until(path.exists, 5, f"socket {path}")
-    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    client.connect(str(path))
-    return client
+    deadline = time.monotonic() + 5
+    while True:
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            client.connect(str(path))
+            return client
+        except ConnectionRefusedError:
+            client.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def send(client: socket.socket, *samples: object) -> None:

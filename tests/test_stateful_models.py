@@ -216,7 +216,7 @@ def test_a_stateful_model_in_the_daemon_on_a_wav_file_scores_every_window_as_the
 ) -> None:
     import wave
 
-    from daemon_support import DaemonDir, start_daemon, stop
+    from daemon_support import run_with_jsonl
 
     signal = stream(1.5)
     path = tmp_path / "speech.wav"
@@ -235,11 +235,7 @@ def test_a_stateful_model_in_the_daemon_on_a_wav_file_scores_every_window_as_the
             None, {"input": window[None], "state": state, "sr": np.array(RATE, dtype=np.int64)}
         )
         bare.append(float(probability.reshape(-1)[0]))
-    folder = DaemonDir()
-    try:
-        results = folder.root / "results.jsonl"
-        folder.write(
-            f"""
+    toml = f"""
 [model]
 bundle = "{vad}"
 [source]
@@ -248,20 +244,8 @@ path = "{path}"
 window = {WINDOW}
 channels = ["audio"]
 rate = "max"
-[sinks.jsonl]
-enabled = true
-path = "{results}"
 """
-        )
-        process = start_daemon(folder, "--duration", "2.5")
-        try:
-            output, _ = process.communicate(timeout=60)
-        finally:
-            stop(process)
-        assert process.returncode == 0, output
-        lines = [json.loads(line) for line in results.read_text().splitlines()]
-    finally:
-        folder.cleanup()
+    lines = run_with_jsonl(toml, 2.5).records
     got = [r["result"]["tensors"][0]["mean"] for r in lines]
     assert [r["seq"] for r in lines] == list(range(len(windows)))  # every window, in order, none dropped
     np.testing.assert_allclose(got, bare, rtol=1e-4, atol=1e-5)

@@ -60,21 +60,23 @@ def _share(text: str) -> float:
     return value
 
 
-def _json_object(text: str) -> dict[str, Any]:
-    """A JSON object given inline or as a file."""
+def _json_value(text: str, opening: str) -> Any:
+    """JSON given inline (starting with `opening`) or as the path of a file holding it."""
     source = text
-    path = Path(text)
-    if not text.lstrip().startswith("{"):
+    if not text.lstrip().startswith(opening):
         try:
-            source = path.read_text(encoding="utf-8")
+            source = Path(text).read_text(encoding="utf-8")
         except OSError as error:
             raise argparse.ArgumentTypeError(f"cannot read {text}: {error.strerror or error}") from error
     try:
-        value = json.loads(source)
+        return json.loads(source)
     except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(
-            f"{text}: invalid JSON at line {error.lineno}: {error.msg}"
-        ) from error
+        raise argparse.ArgumentTypeError(f"{text}: invalid JSON at line {error.lineno}: {error.msg}") from error
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """A JSON object given inline or as a file."""
+    value = _json_value(text, "{")
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"{text}: expected a JSON object")
     return value
@@ -82,18 +84,7 @@ def _json_object(text: str) -> dict[str, Any]:
 
 def _json_list(text: str) -> list[dict[str, Any]]:
     """A JSON list of objects given inline or as a file."""
-    source = text
-    if not text.lstrip().startswith("["):
-        try:
-            source = Path(text).read_text(encoding="utf-8")
-        except OSError as error:
-            raise argparse.ArgumentTypeError(f"cannot read {text}: {error.strerror or error}") from error
-    try:
-        value = json.loads(source)
-    except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(
-            f"{text}: invalid JSON at line {error.lineno}: {error.msg}"
-        ) from error
+    value = _json_value(text, "[")
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
         raise argparse.ArgumentTypeError(f"{text}: expected a JSON list of objects")
     return value
