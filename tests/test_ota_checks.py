@@ -149,10 +149,16 @@ def test_recovery_removes_only_what_an_updater_step_left_behind(tmp_path: Path):
     keep, stale = "a" * 64, "b" * 64
     for name in [f"{keep}.part", f"{keep}.bitmap", f"{stale}.part", f"{stale}.blocks.json", "state.json"]:
         (layout.ota_dir / name).write_text("x")
+    # the updater's own temp files go; the daemon's activation record, being written right now, keeps its temp file
+    for name in [".state.json.k2j3.tmp", f".{stale}.bitmap.x1.tmp", f".{stale}.blocks.json.tmp"]:
+        (layout.ota_dir / name).write_text("x")
+    daemons = [".activation.json.133lcf86.tmp", ".clean-stop.ab12.tmp"]
+    for name in daemons:
+        (layout.ota_dir / name).write_text("x")
     removed = recover(layout, keep)
     assert sorted(p.name for p in model.iterdir()) == [".active.tmp", "2", "archives"]
     assert list((model / "archives").iterdir()) == []
     assert sorted(p.name for p in layout.ota_dir.iterdir()) == sorted(
-        [f"{keep}.part", f"{keep}.bitmap", "state.json"]
+        [f"{keep}.part", f"{keep}.bitmap", "state.json", *daemons]
     )
-    assert len(removed) == 5
+    assert len(removed) == 8

@@ -129,6 +129,10 @@ TRASH = re.compile(r"^\..+\.[0-9a-f]{8}\.trash$")
 """A folder being removed (renamed first, so no half-removed folder ever has a real name)."""
 ARCHIVE_TEMP = re.compile(r"^\.\d+\.(tar|blocks\.json)\..+\.tmp$")
 """`write_atomic`'s temp file for a kept archive's index."""
+UPDATER_TEMP = re.compile(r"^\.(state\.json|[0-9a-f]{16,}\.(bitmap|blocks\.json))(\..+)?\.tmp$")
+"""The updater's own temp files in ota/: its state record's, a download's bitmap and block index. The activation
+record (`activation.json`) and the clean-stop marker live there too and are written by the daemon meanwhile: their
+temp files are not the updater's to remove."""
 
 
 def recover(layout: Layout, keep_digest: str | None) -> list[str]:
@@ -157,7 +161,7 @@ def recover(layout: Layout, keep_digest: str | None) -> list[str]:
     if layout.ota_dir.is_dir():
         for entry in layout.ota_dir.iterdir():
             digest = entry.name.split(".", 1)[0]
-            stale = entry.name.startswith(".") and entry.name.endswith(".tmp")
+            stale = UPDATER_TEMP.match(entry.name) is not None
             ours = entry.name.endswith((".part", ".bitmap", ".blocks.json"))
             if stale or (ours and digest != keep_digest):
                 _remove(entry)
