@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, TypeVar, get_args
 
 import numpy as np
 
@@ -40,24 +41,29 @@ def _shape_pin(text: str) -> tuple[str, tuple[int, ...]]:
     return name.strip(), shape
 
 
-def _byte(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 255:
-        raise argparse.ArgumentTypeError(f"expected a pixel value 0..255, got '{text}'")
-    return value
+Number = TypeVar("Number", int, float)
 
 
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a share 0..1 such as 0.02, got '{text}'")
-    return value
+def bounded(
+    parse: Callable[[str], Number], low: float | None, high: float | None, expected: str
+) -> Callable[[str], Number]:
+    """An argparse type: `parse(text)` within [low, high] (either end open when None), else the usage error
+    `expected <expected>, got '<text>'`."""
+
+    def check(text: str) -> Number:
+        try:
+            value = parse(text)
+        except ValueError:
+            value = None
+        if value is None or (low is not None and value < low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got '{text}'")
+        return value
+
+    return check
+
+
+_byte = bounded(int, 0, 255, "a pixel value 0..255")
+_share = bounded(float, 0.0, 1.0, "a share 0..1 such as 0.02")
 
 
 def _json_value(text: str, opening: str) -> Any:
@@ -71,7 +77,9 @@ def _json_value(text: str, opening: str) -> Any:
     try:
         return json.loads(source)
     except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"{text}: invalid JSON at line {error.lineno}: {error.msg}") from error
+        raise argparse.ArgumentTypeError(
+            f"{text}: invalid JSON at line {error.lineno}: {error.msg}"
+        ) from error
 
 
 def _json_object(text: str) -> dict[str, Any]:

@@ -20,7 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.cli.drafting import Draft, add_draft_arguments, draft_from_args, load_samples, print_written
+from agent.cli.drafting import (
+    Draft,
+    add_draft_arguments,
+    bounded,
+    draft_from_args,
+    load_samples,
+    print_written,
+)
 from agent.errors import InputError
 from agent.inference.bundle import load_bundle
 from agent.inference.model import Model, Prepared
@@ -35,24 +42,13 @@ TFLITE_PATH = (
 )
 
 
-def _share(text: str) -> float:
-    try:
-        value = float(text.rstrip("%")) / (100.0 if text.endswith("%") else 1.0)
-    except ValueError:
-        value = -2.0
-    if not -1.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected an agreement such as 0.99 or 99%, got '{text}'")
-    return value
+def _fraction(text: str) -> float:
+    """0.99, or 99%."""
+    return float(text.rstrip("%")) / (100.0 if text.endswith("%") else 1.0)
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got '{text}'")
-    return value
+_share = bounded(_fraction, -1.0, 1.0, "an agreement such as 0.99 or 99%")
+_count = bounded(int, 1, None, "a whole number >= 1")
 
 
 def add_parser(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
